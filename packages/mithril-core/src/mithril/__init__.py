@@ -1,0 +1,81 @@
+"""Mithril: define a model once as a logical graph, compile it for any backend.
+
+`import mithril` loads plugin metadata only; a backend's framework is imported the
+first time that backend is used (`ml.TorchBackend` and friends resolve lazily).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import models
+from .backend import Backend
+from .compiler import CompiledModel, compile
+from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int32, int64, promote
+from .errors import (
+    BackendNotFoundError,
+    CompositionError,
+    DTypeMismatchError,
+    KeyNotFoundError,
+    MithrilError,
+    ShapeError,
+    UnsupportedError,
+)
+from .plugins import BackendInfo, hookimpl, registry as _registry
+
+__version__ = "1.0.0.dev0"
+
+bool = bool_  # noqa: A001 - `ml.bool` mirrors the framework spelling
+
+__all__ = [
+    "Backend",
+    "BackendInfo",
+    "BackendNotFoundError",
+    "CompiledModel",
+    "CompositionError",
+    "DType",
+    "DTypeMismatchError",
+    "KeyNotFoundError",
+    "MithrilError",
+    "ShapeError",
+    "UnsupportedError",
+    "available_backends",
+    "backend",
+    "bfloat16",
+    "bool",
+    "compile",
+    "float16",
+    "float32",
+    "float64",
+    "hookimpl",
+    "int32",
+    "int64",
+    "models",
+    "promote",
+    "register_plugin",
+]
+
+
+def available_backends() -> dict[str, BackendInfo]:
+    """Installed backends by name, with the distribution and version that provide them.
+
+    A plugin that failed to import is listed too, with its error in `.error`.
+    """
+    return _registry.available()
+
+
+def register_plugin(plugin: object, name: str | None = None) -> None:
+    """Register a plugin module or object by hand (for example with autoloading disabled)."""
+    _registry.register_plugin(plugin, name)
+
+
+def backend(name: str, **options: Any) -> Backend:
+    """Create a backend by its registered name: `ml.backend("numpy", dtype=ml.float64)`."""
+    cls: type[Backend] = _registry.backend_class(name)
+    return cls(**options)
+
+
+def __getattr__(name: str) -> Any:
+    if name.endswith("Backend") and not name.startswith("_"):
+        return _registry.backend_class(name)
+    raise AttributeError(f"module 'mithril' has no attribute {name!r}")

@@ -1,0 +1,44 @@
+"""Exceptions Mithril raises; each message names the model, the key and expected versus given."""
+
+from __future__ import annotations
+
+__all__ = [
+    "MithrilError",
+    "ShapeError",
+    "DTypeMismatchError",
+    "CompositionError",
+    "KeyNotFoundError",
+    "BackendNotFoundError",
+    "UnsupportedError",
+]
+
+
+class MithrilError(Exception):
+    """Base class of every error Mithril raises on purpose."""
+
+
+class ShapeError(MithrilError, ValueError):
+    """Two shapes that must agree do not."""
+
+
+class DTypeMismatchError(MithrilError, TypeError):
+    """An array or connection has a dtype other than the one expected."""
+
+
+class CompositionError(MithrilError, ValueError):
+    """A model composition is invalid: unknown key, two producers, a cycle."""
+
+
+class KeyNotFoundError(MithrilError, KeyError):
+    """A key given by the user does not exist, or a required key is missing."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class BackendNotFoundError(MithrilError, ImportError):
+    """A backend was asked for whose plugin is not installed or failed to load."""
+
+
+class UnsupportedError(MithrilError, NotImplementedError):
+    """A backend lacks a capability the compiled model needs (op, dtype, gradients)."""

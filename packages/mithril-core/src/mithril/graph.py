@@ -1,0 +1,210 @@
+"""Flattening a logical model into a flat graph: one node per primitive, in topological order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CompositionError, KeyNotFoundError
+from .models.base import BaseModel, Connection, Init, Model, Operator
+from .shapes import Shape, Transaction, copy_shapes
+
+__all__ = ["Edge", "Node", "Graph", "flatten"]
+
+
+@dataclass(eq=False)
+class Edge:
+    """One value of the flat graph; `name` is its key in params, inputs or outputs."""
+
+    name: str
+    shape: Shape
+    kind: str
+    role: str = "internal"  # "input", "param", "internal" or "output"
+    user_named: bool = False
+    producer: Node | None = None
+    consumers: list[tuple[Node, str]] = field(default_factory=list)
+    init: tuple[Node, str, Init] | None = None
+
+    def __repr__(self) -> str:
+        return f"Edge({self.name}, {self.role}, {self.shape})"
+
+
+@dataclass(eq=False)
+class Node:
+    """One primitive application."""
+
+    op: Operator
+    path: str
+    inputs: dict[str, Edge]
+    outputs: dict[str, Edge]
+
+    @property
+    def primitive(self) -> str:
+        return self.op.primitive
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.op.attrs
+
+    def __repr__(self) -> str:
+        return f"Node({self.primitive} {self.path})"
+
+
+@dataclass
+class Graph:
+    """Nodes in execution order and every edge; `inputs`, `params`, `outputs` keep key order."""
+
+    model: BaseModel
+    nodes: list[Node]
+    edges: list[Edge]
+
+    @property
+    def inputs(self) -> list[Edge]:
+        return [e for e in self.edges if e.role == "input"]
+
+    @property
+    def params(self) -> list[Edge]:
+        return [e for e in self.edges if e.role == "param"]
+
+    @property
+    def outputs(self) -> list[Edge]:
+        return [e for e in self.edges if e.role == "output"]
+
+    def edge(self, name: str) -> Edge:
+        for e in self.edges:
+            if e.name == name:
+                return e
+        raise KeyNotFoundError(f"{self.model.describe()} has no key {name!r}")
+
+
+class _Flattener:
+    def __init__(self, model: BaseModel) -> None:
+        self.model = model
+        self.nodes: list[Node] = []
+        self.edges: list[Edge] = []
+        self.pending_names: dict[Edge, str | None] = {}
+
+    def new_edge(self, conn: Connection, name: str | None, user_named: bool) -> Edge:
+        edge = Edge(name or "", conn.shape, conn.kind, user_named=user_named)
+        self.edges.append(edge)
+        self.pending_names[edge] = name
+        return edge
+
+    def visit(self, model: Model, env: dict[Connection, Edge], prefix: str) -> None:
+        for conn in model.connections:
+            if conn not in env:
+                name = prefix + conn.name if conn.name is not None else None
+                env[conn] = self.new_edge(conn, name, conn.name is not None and not prefix)
+        for child in model.children:
+            path = prefix + (child.local_name or "")
+            keys = child.external_keys()
+            if isinstance(child, Operator):
+                ins = {k: env[child.links[k]] for k in child.input_specs}
+                outs = {k: env[child.links[k]] for k in child.output_kinds}
+                self.add_node(child, path, ins, outs)
+            elif isinstance(child, Model):
+                inner = {keys[k]: env[link] for k, link in child.links.items()}
+                self.visit(child, inner, path + ".")
+
+    def add_node(self, op: Operator, path: str, ins: dict[str, Edge], outs: dict[str, Edge]) -> None:
+        node = Node(op, path, ins, outs)
+        for key, edge in ins.items():
+            edge.consumers.append((node, key))
+            spec = op.input_specs[key]
+            if spec.role == "param" and edge.init is None and spec.init is not None:
+                edge.init = (node, key, spec.init)
+        for edge in outs.values():
+            edge.producer = node
+        self.nodes.append(node)
+
+    def finish(self, outputs: Iterable[str]) -> Graph:
+        taken: set[str] = set()
+        for edge, name in self.pending_names.items():
+            if name is None:
+                if edge.producer is not None:
+                    key = next(k for k, e in edge.producer.outputs.items() if e is edge)
+                    name = f"{edge.producer.path}.{key}"
+                elif edge.consumers:
+                    node, key = edge.consumers[0]
+                    name = f"{node.path}.{key}"
+                else:
+                    name = "unused"
+            base, n = name, 1
+            while name in taken:
+                name, n = f"{base}_{n}", n + 1
+            taken.add(name)
+            edge.name = name
+        for edge in self.edges:
+            if edge.producer is None:
+                edge.role = "param" if edge.init is not None or any(
+                    n.op.input_specs[k].role == "param" for n, k in edge.consumers
+                ) else "input"
+        by_name = {e.name: e for e in self.edges}
+        for name in outputs:
+            edge = by_name.get(name)
+            if edge is None or edge.producer is None:
+                produced = sorted(e.name for e in self.edges if e.producer is not None and e.user_named)
+                raise KeyNotFoundError(
+                    f"{self.model.describe()}: output {name!r} is not produced by the model; "
+                    f"choose from 'output' or the named keys {produced}"
+                )
+            edge.role = "output"
+        return Graph(self.model, _topological(self.model, self.nodes), self.edges)
+
+
+def _topological(model: BaseModel, nodes: list[Node]) -> list[Node]:
+    waiting = {id(n): sum(1 for e in n.inputs.values() if e.producer is not None) for n in nodes}
+    ready = [n for n in reversed(nodes) if waiting[id(n)] == 0]
+    order: list[Node] = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for edge in node.outputs.values():
+            for consumer, _ in edge.consumers:
+                waiting[id(consumer)] -= 1
+                if waiting[id(consumer)] == 0:
+                    ready.append(consumer)
+    if len(order) != len(nodes):
+        raise CompositionError(f"{model.describe()} contains a cycle")
+    return order
+
+
+def flatten(model: BaseModel, *, copy: bool = True, outputs: Iterable[str] | None = None) -> Graph:
+    """Flatten `model`; with copy=True the graph gets its own shapes, so solving more leaves the model unchanged."""
+    flattener = _Flattener(model)
+    if isinstance(model, Operator):
+        keys = model.external_keys()
+        ins = {k: flattener.new_edge(keys[k], k, True) for k in model.input_specs}
+        outs = {k: flattener.new_edge(keys[k], k, True) for k in model.output_kinds}
+        flattener.add_node(model, model.local_name or type(model).__name__.lower(), ins, outs)
+        default_out = model.canonical_output
+    elif isinstance(model, Model):
+        env: dict[Connection, Edge] = {}
+        if model.cin is not None and model.cin.name is None:
+            env[model.cin] = flattener.new_edge(model.cin, "input", True)
+        if model.cout is not None and model.cout.name is None:
+            env[model.cout] = flattener.new_edge(model.cout, "output", True)
+        flattener.visit(model, env, "")
+        default_out = None
+        if model.cout is not None:
+            default_out = env[model.cout].name
+    else:
+        raise TypeError(f"expected a Mithril model, got {model!r}")
+    requested = list(outputs) if outputs is not None else ([default_out] if default_out else [])
+    graph = flattener.finish(requested)
+    if copy:
+        _copy_shapes(graph)
+    return graph
+
+
+def _copy_shapes(graph: Graph) -> None:
+    copies = copy_shapes([e.shape for e in graph.edges])
+    for edge, shape in zip(graph.edges, copies):
+        edge.shape = shape
+    with Transaction() as tx:
+        for node in graph.nodes:
+            if node.op.rule is not None:
+                shapes = {k: e.shape for k, e in {**node.inputs, **node.outputs}.items()}
+                node.op.attach_rule(shapes)
+        tx.propagate()
