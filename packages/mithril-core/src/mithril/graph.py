@@ -150,7 +150,13 @@ class _Flattener:
                     f"choose from 'output' or the named keys {produced}"
                 )
             edge.role = "output"
-        return Graph(self.model, _topological(self.model, self.nodes), self.edges)
+        nodes = _topological(self.model, self.nodes)
+        first_use: dict[int, int] = {}
+        for index, node in enumerate(nodes):
+            for edge in [*node.inputs.values(), *node.outputs.values()]:
+                first_use.setdefault(id(edge), index)
+        edges = sorted(self.edges, key=lambda e: first_use.get(id(e), len(nodes)))
+        return Graph(self.model, nodes, edges)
 
 
 def _topological(model: BaseModel, nodes: list[Node]) -> list[Node]:

@@ -192,7 +192,7 @@ def _union(a: Dim, b: Dim) -> None:
         raise ShapeMismatch(f"{ra.value} != {rb.value}")
     if ra.size < rb.size:
         ra, rb = rb, ra
-    informative = (ra.watchers or ra.value is not None) and (rb.watchers or rb.value is not None)
+    informative = bool(ra.watchers) and bool(rb.watchers)
     _set(rb, "parent", ra)
     _set(ra, "size", ra.size + rb.size)
     if ra.value is None and rb.value is not None:
@@ -262,7 +262,10 @@ def unify(a_items: Sequence[Item], b_items: Sequence[Item]) -> None:
     rest_pre_a, rest_pre_b = pre_a[n_pre:], pre_b[n_pre:]
     rest_suf_a, rest_suf_b = suf_a[: len(suf_a) - n_suf], suf_b[: len(suf_b) - n_suf]
     # Now one of rest_pre_* and one of rest_suf_* is empty.
-    if not rest_pre_a and not rest_suf_a:
+    if not (rest_pre_a or rest_suf_a or rest_pre_b or rest_suf_b):
+        quiet, other = (var_a, var_b) if len(var_a.watchers) <= len(var_b.watchers) else (var_b, var_a)
+        _bind(quiet, [other])
+    elif not rest_pre_a and not rest_suf_a:
         _bind(var_a, [*rest_pre_b, var_b, *rest_suf_b])
     elif not rest_pre_b and not rest_suf_b:
         _bind(var_b, [*rest_pre_a, var_a, *rest_suf_a])

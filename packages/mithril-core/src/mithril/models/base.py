@@ -216,7 +216,13 @@ class Model(BaseModel):
         self._check_producers_and_cycles(child, child_keys, plan)
         with Transaction() as tx:
             self._unify_links(child, child_keys, plan)
-            tx.propagate()
+            try:
+                tx.propagate()
+            except ShapeError as exc:
+                links = {k: self._label(t) if isinstance(t, Connection) else t for k, t in plan.items()}
+                named = ", ".join(f"{k}->{v!r}" for k, v in links.items() if v is not None)
+                op = "+=" if chain else "|="
+                raise ShapeError(f"{self.describe()} {op} {child.describe()} (links {named}): {exc}") from None
         self._commit(child, child_keys, plan)
 
     def _check_child(self, child: BaseModel) -> None:

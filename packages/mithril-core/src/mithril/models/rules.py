@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..shapes import Dim, Item, Shape, ShapeMismatch, Var, resolve, unify
+from ..shapes import Dim, Item, Shape, ShapeMismatch, Var, render, resolve, unify
 
 __all__ = ["broadcast", "matmul", "reduce", "transpose", "reshape", "flatten", "normalize_axes"]
 
@@ -19,6 +19,10 @@ def _has_var(items: Sequence[Item]) -> int:
         if isinstance(item, Var):
             return i
     return -1
+
+
+def _text(items: Sequence[Item]) -> str:
+    return render(items)
 
 
 def _value(item: Item) -> int | None:
@@ -56,6 +60,12 @@ def broadcast(shapes: Shapes, attrs: Attrs) -> bool:
     a, b = resolve(shapes["left"].items), resolve(shapes["right"].items)
     ia, ib = _has_var(a), _has_var(b)
     if ia >= 0 and ib >= 0:
+        suf_a, suf_b = a[ia + 1 :], b[ib + 1 :]
+        n = min(len(suf_a), len(suf_b))
+        tail = _broadcast_fixed(suf_a[len(suf_a) - n :], suf_b[len(suf_b) - n :])
+        if a[: ia + 1] == b[: ib + 1] and len(suf_a) == len(suf_b) and tail is not None:
+            unify(shapes["output"].items, [*a[: ia + 1], *tail])
+            return True
         return False
     if ia < 0 and ib < 0:
         items = _broadcast_fixed(a, b)
@@ -85,8 +95,13 @@ def matmul(shapes: Shapes, attrs: Attrs) -> bool:
     if not b:
         raise ShapeMismatch("right operand of matmul must have at least one dimension")
     if len(b) <= 2:
-        batch = Var()
-        unify(left, [batch, b[0] if len(b) == 1 else b[-2]])
+        batch, inner = Var(), b[0] if len(b) == 1 else b[-2]
+        try:
+            unify(left, [batch, inner])
+        except ShapeMismatch:
+            raise ShapeMismatch(
+                f"cannot multiply left {_text(a)} by right {_text(b)}: inner dimensions differ"
+            ) from None
         unify(out, [batch] if len(b) == 1 else [batch, b[-1]])
         return True
     if _has_var(a) >= 0:

@@ -1,0 +1,76 @@
+"""Per-call cost of compiled models on the NumPy backend against hand-written NumPy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import compare, print_table  # noqa: E402
+
+
+def import_time() -> float:
+    """Seconds for `import mithril` in a fresh interpreter (median of 5)."""
+    code = "import time; t=time.perf_counter(); import mithril; print(time.perf_counter()-t)"
+    runs = sorted(float(subprocess.check_output([sys.executable, "-c", code], text=True)) for _ in range(5))
+    return runs[2]
+
+
+def mlp_rows() -> list[tuple[str, float, float, float, float | None]]:
+    import numpy as np
+
+    import mithril as ml
+    from mithril.models import Linear, Model, Relu
+
+    model = Model()
+    model |= Linear(dimension=64)
+    model += Relu()
+    model += Linear(dimension=10)
+    backend = ml.NumpyBackend(dtype=ml.float32)
+    compiled = ml.compile(model, backend, shapes={"input": [32, 20]})
+    params = compiled.randomize_params(seed=0)
+    x = backend.randn(32, 20)
+    g = backend.ones(32, 10)
+    inputs, grads = {"input": x}, {"output": g}
+    w1, b1 = params["linear_0.weight"], params["linear_0.bias"]
+    w2, b2 = params["linear_1.weight"], params["linear_1.bias"]
+
+    def hand_forward() -> dict[str, np.ndarray]:
+        return {"output": np.maximum(x @ w1.T + b1, 0) @ w2.T + b2}
+
+    def hand_backward() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        h = np.maximum(x @ w1.T + b1, 0)
+        out = h @ w2.T + b2
+        dh = (g @ w2) * (h > 0)
+        return {"output": out}, {
+            "linear_0.weight": dh.T @ x,
+            "linear_0.bias": dh.sum(0),
+            "linear_1.weight": g.T @ h,
+            "linear_1.bias": g.sum(0),
+        }
+
+    fwd = compare(lambda: compiled.evaluate(params, inputs), hand_forward)
+    bwd = compare(lambda: compiled.evaluate(params, inputs, grads), hand_backward)
+    return [
+        ("MLP 20-64-10, batch 32: forward", *fwd, 1.15),
+        ("MLP 20-64-10, batch 32: forward+backward", *bwd, 1.15),
+    ]
+
+
+def main() -> None:
+    t0 = time.perf_counter()
+    import mithril as ml
+
+    print(f"import mithril: {import_time() * 1e3:.1f} ms (fresh interpreter, median of 5)")
+    t1 = time.perf_counter()
+    ml.NumpyBackend()
+    print(f"first ml.NumpyBackend(): {(time.perf_counter() - t1) * 1e3:.1f} ms")
+    print_table("NumPy backend vs hand-written NumPy (float32, single process)", mlp_rows())
+    print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
