@@ -26,6 +26,7 @@ def compile(  # noqa: A001 - the public name the quick start uses
     inference: bool = False,
     static_inference: bool = False,
     outputs: Sequence[str] | None = None,
+    trainable_keys: Sequence[str] = (),
     file_path: str | None = None,
     **backend_options: Any,
 ) -> CompiledModel:
@@ -45,12 +46,24 @@ def compile(  # noqa: A001 - the public name the quick start uses
     if jit and not backend.supports_jit:
         raise UnsupportedError(f"ml.compile: backend {backend.name!r} has no JIT compiler; use jit=False")
     graph = flatten(model, copy=True, outputs=outputs)
+    _mark_trainable(graph, trainable_keys)
     _apply_shapes(graph, shapes or {})
     options = CompileOptions(
         jit=bool(jit), inference=bool(inference or static_inference), file_path=file_path, extra=dict(backend_options)
     )
     program = backend.lower(graph, options)
     return CompiledModel(graph, backend, program, options)
+
+
+def _mark_trainable(graph: Graph, keys: Sequence[str]) -> None:
+    inputs = {e.name: e for e in graph.inputs}
+    for key in [keys] if isinstance(keys, str) else keys:
+        if key not in inputs:
+            raise KeyNotFoundError(
+                f"ml.compile({graph.model.describe()}): trainable_keys names {key!r}, which is not an input; "
+                f"inputs are {sorted(inputs)}"
+            )
+        inputs[key].role = "param"
 
 
 def _apply_shapes(graph: Graph, shapes: Mapping[str, Sequence[int | None]]) -> None:

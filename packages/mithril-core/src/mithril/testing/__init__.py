@@ -1,0 +1,135 @@
+"""Backend conformance kit: every primitive case checked against the NumPy reference.
+
+Backends (ours and third parties') call `check_case` for each entry of `CASES`; the
+NumPy backend itself is checked against finite differences with `finite_difference`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import compiler
+from ..backend import Backend
+from ..dtypes import DType, as_dtype, float32, float64
+from .cases import CASES, Case
+
+__all__ = [
+    "CASES",
+    "Case",
+    "TOLERANCES",
+    "test_dtype",
+    "test_hardware",
+    "draw_inputs",
+    "run_case",
+    "check_case",
+    "finite_difference",
+]
+
+# (relative, absolute) tolerances by dtype for comparisons against float64 NumPy.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-10, 1e-12),
+    "float32": (1e-4, 1e-5),
+    "float16": (2e-2, 2e-2),
+    "bfloat16": (5e-2, 5e-2),
+}
+
+
+def test_dtype(default: DType = float32) -> DType:
+    """The dtype backend tests run with: MITHRIL_TEST_DTYPE, else `default`."""
+    name = os.environ.get("MITHRIL_TEST_DTYPE")
+    return as_dtype(name) if name else default
+
+
+def test_hardware() -> str:
+    """The hardware backend tests target: MITHRIL_TEST_HARDWARE ("cpu" or "cuda"), default cpu."""
+    return os.environ.get("MITHRIL_TEST_HARDWARE", "cpu")
+
+
+test_dtype.__test__ = False  # type: ignore[attr-defined]
+test_hardware.__test__ = False  # type: ignore[attr-defined]
+
+
+def draw_inputs(case: Case, compiled: compiler.CompiledModel, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Float64 NumPy params and inputs for `case` (params from `compiled`'s shapes)."""
+    rng = np.random.default_rng(seed)
+    shapes = compiled.shapes
+
+    def draw(key: str) -> np.ndarray:
+        shape = tuple(int(d) for d in shapes[key])
+        if case.domain.get(key) == "positive":
+            return rng.uniform(0.5, 2.0, shape)
+        return rng.standard_normal(shape)
+
+    return {k: draw(k) for k in compiled.param_keys}, {k: draw(k) for k in compiled.input_keys}
+
+
+def run_case(
+    case: Case, backend: Backend, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+    output_grads: Mapping[str, np.ndarray] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Compile and evaluate `case` on `backend`, returning float64 NumPy results."""
+    compiled = _compile(case, backend)
+    p = {k: backend.array(v) for k, v in params.items()}
+    x = {k: backend.array(v) for k, v in inputs.items()}
+    if output_grads is None:
+        out = compiled.evaluate(p, x)
+        return {k: np.asarray(backend.to_numpy(v), np.float64) for k, v in out.items()}, None
+    g = {k: backend.array(v) for k, v in output_grads.items()}
+    out, grads = compiled.evaluate(p, x, g)
+    as64 = lambda d: {k: np.asarray(backend.to_numpy(v), np.float64) for k, v in d.items()}  # noqa: E731
+    return as64(out), as64(grads)
+
+
+def check_case(case: Case, backend: Backend, reference: Backend, *, grads: bool = True) -> None:
+    """Assert `backend` matches `reference` (a float64 NumPy backend) on `case`."""
+    params, inputs = draw_inputs(case, _compile(case, reference))
+    ref_out, _ = run_case(case, reference, params, inputs, None)
+    out_grads = {k: np.random.default_rng(1).standard_normal(v.shape) for k, v in ref_out.items()}
+    want_grads = grads and case.grads and backend.supports_gradients
+    ref_out, ref_grads = run_case(case, reference, params, inputs, out_grads if want_grads else None)
+    got_out, got_grads = run_case(case, backend, params, inputs, out_grads if want_grads else None)
+    rtol, atol = TOLERANCES[backend.dtype.name]
+    for key, want in ref_out.items():
+        np.testing.assert_allclose(got_out[key], want, rtol=rtol, atol=atol, err_msg=f"{case.name}: output {key!r}")
+    if want_grads:
+        assert got_grads is not None and ref_grads is not None
+        for key, want in ref_grads.items():
+            np.testing.assert_allclose(
+                got_grads[key], want, rtol=rtol, atol=atol, err_msg=f"{case.name}: gradient of {key!r}"
+            )
+
+
+def finite_difference(case: Case, backend: Backend, eps: float = 1e-6) -> None:
+    """Assert `backend`'s gradients of `case` match central differences (backend must be float64)."""
+    assert backend.dtype is float64, "finite differences need float64"
+    compiled = _compile(case, backend)
+    params, inputs = draw_inputs(case, compiled)
+    out = compiled.evaluate(params, inputs)
+    seeds = {k: np.random.default_rng(2).standard_normal(np.shape(v)) for k, v in out.items()}
+    _, grads = compiled.evaluate(params, inputs, seeds)
+
+    def loss(p: Mapping[str, np.ndarray]) -> float:
+        res = compiled.evaluate(dict(p), inputs)
+        return float(sum(np.sum(res[k] * seeds[k]) for k in res))
+
+    for key, value in params.items():
+        numeric = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            bumped = dict(params)
+            for sign in (1, -1):
+                arr = value.copy()
+                arr[idx] += sign * eps
+                bumped[key] = arr
+                numeric[idx] += sign * loss(bumped) / (2 * eps)
+        np.testing.assert_allclose(grads[key], numeric, rtol=1e-5, atol=1e-7, err_msg=f"{case.name}: {key}")
+
+
+def _compile(case: Case, backend: Backend) -> compiler.CompiledModel:
+    """Compile `case` with every float input trainable, so gradients cover all of them."""
+    probe = compiler.compile(case.build(), backend, shapes=case.shapes, **case.options)
+    trainable = [e.name for e in probe.graph.inputs if e.kind == "float"]
+    return compiler.compile(case.build(), backend, shapes=case.shapes, trainable_keys=trainable, **case.options)
