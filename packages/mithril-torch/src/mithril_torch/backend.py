@@ -1,0 +1,196 @@
+"""The PyTorch backend: float16/bfloat16/float32/float64 on cpu, cuda or mps; torch autograd."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+import mithril as ml
+from mithril.backend import Backend, CompileOptions
+from mithril.dtypes import DType, as_dtype
+from mithril.graph import Graph
+
+from .lowering import TorchProgram
+from .ops import OPS
+
+__all__ = ["TorchBackend"]
+
+_NATIVE = {
+    ml.float16: torch.float16,
+    ml.bfloat16: torch.bfloat16,
+    ml.float32: torch.float32,
+    ml.float64: torch.float64,
+    ml.int32: torch.int32,
+    ml.int64: torch.int64,
+    ml.bool: torch.bool,
+}
+_CORE = {v: k for k, v in _NATIVE.items()}
+_COMPILE_OPTIONS = ("compile_options",)
+
+
+def available_devices() -> list[str]:
+    """The torch devices this process can use: cpu, each cuda:N, and mps where present."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+class TorchBackend(Backend):
+    """Runs compiled models as generated torch code; arrays are plain torch tensors.
+
+    dtype: ml.float16, ml.bfloat16, ml.float32 or ml.float64; device: "cpu", "cuda",
+    "cuda:N" or "mps". `ml.compile(..., jit=True)` wraps the generated ops in
+    `torch.compile`: the first call (and the first call with a new shape or grad mode)
+    traces and compiles them, which takes seconds (Inductor builds C++/Triton kernels);
+    later calls run the compiled code. `compile_options={...}` passes keyword arguments
+    to `torch.compile` (e.g. {"mode": "reduce-overhead"} or {"backend": "aot_eager"}).
+    """
+
+    name = "torch"
+    supported_dtypes = (ml.float16, ml.bfloat16, ml.float32, ml.float64)
+    supports_gradients = True
+    supports_jit = True
+    default_jit = False
+    ops = OPS
+
+    def __init__(self, dtype: DType | str = ml.float32, device: str = "cpu", **options: Any) -> None:
+        self.reject_unknown(options)
+        if not isinstance(device, str):
+            raise TypeError(f"TorchBackend: device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+        devices = available_devices()
+        if device not in devices:
+            raise ValueError(f"TorchBackend: device {device!r} is not available; available devices: {devices}")
+        super().__init__(dtype, device)
+        self._device = torch.device(device)
+        self._native = _NATIVE[self.dtype]
+        self._generator = torch.Generator(device=self._device)
+        self._generator.seed()
+
+    # -- dtypes ----------------------------------------------------------------------
+    def native_dtype(self, dtype: DType) -> torch.dtype:
+        return _NATIVE[dtype]
+
+    def dtype_of(self, array: Any) -> DType | None:
+        return _CORE.get(getattr(array, "dtype", None))  # type: ignore[arg-type]
+
+    def is_array(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor)
+
+    def _dtype(self, dtype: DType | None) -> torch.dtype:
+        return self._native if dtype is None else _NATIVE[as_dtype(dtype)]
+
+    # -- array helpers ---------------------------------------------------------------
+    def array(self, data: Any, dtype: DType | None = None) -> torch.Tensor:
+        """A tensor on the backend device; floating data takes the backend dtype unless `dtype` says otherwise.
+
+        Accepts tensors, NumPy arrays, nested lists and anything with __dlpack__; memory
+        is shared (no copy) where dtype and device already match.
+        """
+        if isinstance(data, torch.Tensor):
+            tensor = data
+        elif isinstance(data, np.ndarray) or not hasattr(data, "__dlpack__"):
+            tensor = _from_numpy(np.asarray(data))
+        else:
+            tensor = torch.from_dlpack(data)
+        if dtype is not None:
+            return tensor.to(device=self._device, dtype=self._dtype(dtype))
+        if tensor.is_floating_point():
+            return tensor.to(device=self._device, dtype=self._native)
+        return tensor.to(device=self._device)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        """A NumPy array of the values (bfloat16 becomes float32; shares memory for CPU tensors)."""
+        if not isinstance(array, torch.Tensor):
+            return np.asarray(array)
+        tensor = array.detach()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+
+    def set_seed(self, seed: int) -> None:
+        self._generator.manual_seed(seed)
+
+    def randn(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
+        return torch.randn(shape, generator=self._generator, dtype=self._dtype(dtype), device=self._device)
+
+    def rand(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
+        return torch.rand(shape, generator=self._generator, dtype=self._dtype(dtype), device=self._device)
+
+    def ones(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
+        return torch.ones(shape, dtype=self._dtype(dtype), device=self._device)
+
+    def zeros(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
+        return torch.zeros(shape, dtype=self._dtype(dtype), device=self._device)
+
+    def mean(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> torch.Tensor:
+        return torch.mean(x, dim=_dims(x, axis), keepdim=keepdim)
+
+    def sum(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> torch.Tensor:
+        return torch.sum(x, dim=_dims(x, axis), keepdim=keepdim)
+
+    def matmul(self, a: Any, b: Any) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+    def exp(self, x: Any) -> torch.Tensor:
+        return torch.exp(x)
+
+    def log(self, x: Any) -> torch.Tensor:
+        return torch.log(x)
+
+    def sqrt(self, x: Any) -> torch.Tensor:
+        return torch.sqrt(x)
+
+    def abs(self, x: Any) -> torch.Tensor:
+        return torch.abs(x)
+
+    def max(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> torch.Tensor:
+        return torch.amax(x, dim=_dims(x, axis), keepdim=keepdim)
+
+    def argmax(self, x: Any, axis: int | None = None) -> torch.Tensor:
+        return torch.argmax(x, dim=axis)
+
+    def reshape(self, x: Any, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.reshape(x, tuple(shape))
+
+    def transpose(self, x: Any, axes: tuple[int, ...] | None = None) -> torch.Tensor:
+        return torch.permute(x, tuple(range(x.dim() - 1, -1, -1)) if axes is None else tuple(axes))
+
+    def concat(self, arrays: Sequence[Any], axis: int = 0) -> torch.Tensor:
+        return torch.cat(list(arrays), dim=axis)
+
+    # -- lowering ----------------------------------------------------------------------
+    def lower(self, graph: Graph, options: CompileOptions) -> TorchProgram:
+        unknown = [k for k in options.extra if k not in _COMPILE_OPTIONS]
+        if unknown:
+            raise TypeError(
+                f"ml.compile: unknown option(s) {sorted(unknown)} for backend 'torch'; valid: {list(_COMPILE_OPTIONS)}"
+            )
+        compile_options = options.extra.get("compile_options", {})
+        if not isinstance(compile_options, dict):
+            raise TypeError(
+                f"ml.compile: compile_options must be a dict of torch.compile arguments, got {compile_options!r}"
+            )
+        if compile_options and not options.jit:
+            raise TypeError("ml.compile: compile_options are torch.compile arguments and need jit=True")
+        return TorchProgram(self, graph, options, compile_options)
+
+
+def _dims(x: torch.Tensor, axis: int | tuple[int, ...] | None) -> int | tuple[int, ...]:
+    """torch's `dim` for NumPy's `axis` (None means every axis)."""
+    return tuple(range(x.dim())) if axis is None else axis
+
+
+def _from_numpy(arr: np.ndarray) -> torch.Tensor:
+    """A tensor sharing `arr`'s memory where torch can; a copy for read-only, negative-stride or bfloat16 data."""
+    if arr.dtype.kind == "V" or arr.dtype.name == "bfloat16":
+        return torch.from_numpy(arr.astype(np.float32))
+    if not arr.flags.writeable or any(s < 0 for s in arr.strides):
+        return torch.from_numpy(np.array(arr))
+    return torch.from_numpy(arr)

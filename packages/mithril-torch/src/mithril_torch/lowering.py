@@ -1,0 +1,168 @@
+"""Lowering a typed graph to generated torch code; gradients through torch autograd.
+
+`forward` runs the ops with grad mode off (no autograd bookkeeping at all);
+`forward_backward` runs them on detached, grad-requiring copies of the float
+parameters and calls `torch.autograd.grad` once. Grad mode is switched with
+`torch._C._set_grad_enabled` in try/finally rather than a context-manager object,
+which costs a fraction of `with torch.no_grad():` and is thread- and reentrancy-safe.
+With jit, the ops live in one function compiled by `torch.compile`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mithril.backend import CompileOptions, Program
+from mithril.codegen import PythonCodegen, function
+from mithril.errors import KeyNotFoundError
+from mithril.graph import Edge, Graph
+from mithril.validation import make_diagnose
+
+from . import ops
+
+if TYPE_CHECKING:
+    from .backend import TorchBackend
+
+__all__ = ["TorchProgram"]
+
+
+class TorchProgram(Program):
+    """Generated `forward` and `forward_backward`; other output subsets are built on demand."""
+
+    def __init__(
+        self, backend: TorchBackend, graph: Graph, options: CompileOptions, compile_options: Mapping[str, Any]
+    ) -> None:
+        self.graph = graph
+        self.options = options
+        namespace = {
+            **ops.NAMESPACE,
+            "_partial": self._partial,
+            "_grad": torch.autograd.grad,
+            "_grad_enabled": torch.is_grad_enabled,
+            "_set_grad": torch._C._set_grad_enabled,
+            "_zeros_like": torch.zeros_like,
+            "_torch_compile": torch.compile,
+        }
+        self.gen = PythonCodegen(graph, backend, backend.op_table(), namespace)
+        self.diagnose = self.gen.constant(make_diagnose(graph, backend), "diagnose")
+        self._subsets: dict[frozenset[str], Any] = {}
+        sources = []
+        if options.jit:
+            sources.append(self._core_source(compile_options))
+        sources.append(function("forward", "params, inputs", [
+            *self.gen.load_lines(self.diagnose), *self._run(False), f"return {self.gen.outputs_expr()}"
+        ]))
+        if not options.inference:
+            sources.append(self._forward_backward_source(graph.outputs, partial=True))
+        self.source = "\n\n".join(sources)
+        built = self.gen.build(self.source, options.file_path)
+        if options.jit:
+            self.gen.namespace["_core"] = built["_core"]
+        self.forward = built["forward"]  # type: ignore[method-assign]
+        if not options.inference:
+            self.forward_backward = built["forward_backward"]  # type: ignore[method-assign]
+
+    # -- pieces of the generated source ------------------------------------------------
+    def _core_source(self, compile_options: Mapping[str, Any]) -> str:
+        """`_core(params..., inputs...) -> outputs`, the ops only, wrapped by torch.compile."""
+        g = self.gen
+        args = ", ".join(g.names[e] for e in [*self.graph.params, *self.graph.inputs])
+        outs = ", ".join(g.names[e] for e in self.graph.outputs)
+        core = function("_core", args, [*g.forward_lines(), f"return ({outs},)"])
+        return core + f"\n_core = _torch_compile(_core, **{g.constant(dict(compile_options), 'compile_options')})\n"
+
+    def _ops_lines(self) -> list[str]:
+        """The ops inline, or one call of the compiled `_core` under jit."""
+        if not self.options.jit:
+            return self.gen.forward_lines()
+        g = self.gen
+        args = ", ".join(g.names[e] for e in [*self.graph.params, *self.graph.inputs])
+        outs = ", ".join(g.names[e] for e in self.graph.outputs)
+        return [f"{outs}, = _core({args})"]
+
+    def _run(self, grad_mode: bool) -> list[str]:
+        """The ops with torch grad mode set to `grad_mode`, restored afterwards even on error."""
+        was = self.gen.fresh("grad_was")
+        body = [f"    {line}" for line in self._ops_lines()]
+        return [
+            f"{was} = _grad_enabled()", f"_set_grad({grad_mode})", "try:", *body, "finally:", f"    _set_grad({was})"
+        ]
+
+    def _forward_backward_source(self, grad_edges: Sequence[Edge], partial: bool) -> str:
+        """`forward_backward` for gradients given on `grad_edges`."""
+        g = self.gen
+        reach = _ancestors(self.graph, grad_edges)
+        wrt = [e for e in self.graph.params if e.kind == "float" and e in reach]
+        live = _descendants(self.graph, wrt)
+        roots = [e for e in grad_edges if e in live]
+        grad_names = [g.fresh(f"g_{g.names[e]}") for e in grad_edges]
+        head = [
+            f"if len(output_gradients) != {len(grad_edges)}:",
+            "    return _partial(params, inputs, output_gradients)",
+        ] if partial else []
+        body = [*head, *g.load_lines(self.diagnose)]
+        body += [f"{g.names[e]} = {g.names[e]}.detach().requires_grad_()" for e in wrt]
+        body += self._run(bool(roots))
+        body += g.grad_check_lines(grad_edges, grad_names, self.diagnose)
+        result = g.fresh("grads")
+        if roots:
+            outs = ", ".join(g.names[e] for e in roots)
+            gouts = ", ".join(gn for e, gn in zip(grad_edges, grad_names) if e in live)
+            params = ", ".join(g.names[e] for e in wrt)
+            body.append(f"{result} = _grad(({outs},), ({params},), ({gouts},), allow_unused=True)")
+        index = {e: i for i, e in enumerate(wrt)}
+        grads = []
+        for e in self.graph.params:
+            name = g.names[e]
+            if e in index:
+                item = f"{result}[{index[e]}]"
+                value = f"{item} if {item} is not None else _zeros_like({name})"
+            else:
+                value = f"_zeros_like({name})"
+            grads.append(f"{e.name!r}: {value}")
+        detached = {g.names[e] for e in self.graph.outputs if e in live}
+        outputs = g.outputs_expr(lambda v: f"{v}.detach()" if v in detached else v)
+        body.append(f"return {outputs}, {{{', '.join(grads)}}}")
+        return function("forward_backward", "params, inputs, output_gradients", body)
+
+    # -- gradients for a subset of the outputs --------------------------------------------
+    def _partial(self, params: Any, inputs: Any, output_gradients: Mapping[str, Any]) -> Any:
+        """forward_backward for calls that give gradients for only some outputs (built once per subset)."""
+        names = {e.name for e in self.graph.outputs}
+        if not isinstance(output_gradients, Mapping):
+            raise TypeError("output_gradients must be a dict keyed by output name")
+        unknown = [k for k in output_gradients if k not in names]
+        if unknown or not output_gradients:
+            raise KeyNotFoundError(
+                f"{self.graph.model.describe()}: output_gradients keys {sorted(map(str, output_gradients))} "
+                f"must be a non-empty subset of the outputs {sorted(names)}"
+            )
+        key = frozenset(output_gradients)
+        fn = self._subsets.get(key)
+        if fn is None:
+            edges = [e for e in self.graph.outputs if e.name in key]
+            fn = self._subsets[key] = self.gen.build(self._forward_backward_source(edges, partial=False))[
+                "forward_backward"
+            ]
+        return fn(params, inputs, output_gradients)
+
+
+def _ancestors(graph: Graph, edges: Sequence[Edge]) -> set[Edge]:
+    """Every edge that `edges` are computed from (through float values), and `edges` themselves."""
+    seen = set(edges)
+    for node in reversed(graph.nodes):
+        if any(e in seen for e in node.outputs.values() if e.kind == "float"):
+            seen.update(node.inputs.values())
+    return seen
+
+
+def _descendants(graph: Graph, edges: Sequence[Edge]) -> set[Edge]:
+    """Every float edge computed from `edges`, and `edges` themselves."""
+    seen = set(edges)
+    for node in graph.nodes:
+        if any(e in seen for e in node.inputs.values()):
+            seen.update(e for e in node.outputs.values() if e.kind == "float")
+    return seen
