@@ -1,0 +1,231 @@
+"""The JAX backend: jitted generated code on CPU, GPU or TPU, gradients by jax.vjp, device meshes."""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import mithril as ml
+from mithril.backend import Backend, CompileOptions
+from mithril.dtypes import DType, as_dtype
+from mithril.graph import Graph
+
+from .lowering import JaxProgram
+from .ops import OPS
+from .sharding import make_mesh
+
+__all__ = ["JaxBackend"]
+
+_NATIVE: dict[DType, np.dtype] = {
+    ml.float16: np.dtype(jnp.float16),
+    ml.bfloat16: np.dtype(jnp.bfloat16),
+    ml.float32: np.dtype(jnp.float32),
+    ml.float64: np.dtype(jnp.float64),
+    ml.int32: np.dtype(jnp.int32),
+    ml.int64: np.dtype(jnp.int64),
+    ml.bool: np.dtype(jnp.bool_),
+}
+_CORE = {v: k for k, v in _NATIVE.items()}
+_PLATFORMS = ("cpu", "gpu", "tpu")
+_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
+_WIDE = (ml.float64, ml.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _present_platforms() -> tuple[str, ...]:
+    """The platforms jax can run on in this process (asking initialises each backend once)."""
+    present = []
+    for platform in _PLATFORMS:
+        try:
+            jax.devices(platform)
+        except RuntimeError:
+            continue
+        present.append(platform)
+    return tuple(present)
+
+
+def _parse_device(device: str) -> tuple[str, int | None]:
+    """'gpu', 'cuda:1', 'cpu' -> (platform, index or None); unknown names are a ValueError."""
+    if not isinstance(device, str):
+        raise TypeError(f"JaxBackend: device must be a string such as 'cpu', 'gpu' or 'tpu:0', got {device!r}")
+    name, _, index = device.lower().partition(":")
+    platform = _ALIASES.get(name, name)
+    if platform not in _PLATFORMS:
+        raise ValueError(f"JaxBackend: unknown device {device!r}; choose one of {list(_PLATFORMS)} (optionally ':N')")
+    if index and not index.isdigit():
+        raise ValueError(f"JaxBackend: device index in {device!r} must be a non-negative integer")
+    return platform, int(index) if index else None
+
+
+class JaxBackend(Backend):
+    """Runs compiled models as generated jnp code under jax.jit, on one device or a device mesh.
+
+    float64 needs jax's x64 mode, a process-wide switch: it is turned on when a float64
+    backend is created (or float64/int64 arrays are asked for), never otherwise, so code
+    that never asks for 64-bit types keeps jax's defaults. Every helper and compiled model
+    states its dtype explicitly, so arrays of float32/16 backends stay float32/16 under x64.
+    """
+
+    name = "jax"
+    supported_dtypes = (ml.float16, ml.bfloat16, ml.float32, ml.float64)
+    supports_gradients = True
+    supports_jit = True
+    default_jit = True
+    ops = OPS
+
+    def __init__(
+        self,
+        dtype: DType | str = ml.float32,
+        device: str = "cpu",
+        device_mesh: Sequence[int] | Mapping[str, int] | None = None,
+        **options: Any,
+    ) -> None:
+        self.reject_unknown(options)
+        platform, index = _parse_device(device)
+        super().__init__(dtype, device)
+        present = _present_platforms()
+        if platform not in present:
+            raise RuntimeError(
+                f"JaxBackend: device {device!r} is not available: jax finds no {platform} platform in this "
+                f"process; platforms present: {list(present)}"
+            )
+        devices = jax.devices(platform)
+        if index is not None and index >= len(devices):
+            raise ValueError(
+                f"JaxBackend: device {device!r} does not exist; {len(devices)} {platform} device(s) present"
+            )
+        if index is not None and device_mesh is not None:
+            raise ValueError(f"JaxBackend: give a platform without an index ({platform!r}) with device_mesh=")
+        self.platform = platform
+        self.jax_device = devices[index or 0]
+        self.mesh: Mesh | None = None if device_mesh is None else make_mesh(device_mesh, devices, platform)
+        self._placement: Any = self.jax_device if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+        self._native = self._dtype(self.dtype)
+        self._key = self._fresh_key(secrets.randbits(32))
+
+    def __repr__(self) -> str:
+        mesh = "" if self.mesh is None else f", device_mesh={dict(self.mesh.shape)}"
+        return f"JaxBackend(dtype={self.dtype!r}, device={self.device!r}{mesh})"
+
+    # -- dtypes ----------------------------------------------------------------------
+    def native_dtype(self, dtype: DType) -> Any:
+        return _NATIVE[dtype]
+
+    def dtype_of(self, array: Any) -> DType | None:
+        dtype = getattr(array, "dtype", None)
+        return None if dtype is None else _CORE.get(np.dtype(dtype))
+
+    def is_array(self, value: Any) -> bool:
+        return isinstance(value, (jax.Array, np.ndarray, np.generic))
+
+    def _dtype(self, dtype: DType | str | None) -> np.dtype:
+        """The native dtype for `dtype` (None: the backend's), switching on x64 for 64-bit types."""
+        if dtype is None:
+            return self._native
+        core = as_dtype(dtype)
+        if core in _WIDE and not jax.config.read("jax_enable_x64"):
+            jax.config.update("jax_enable_x64", True)
+        return _NATIVE[core]
+
+    # -- array helpers ---------------------------------------------------------------
+    def _place(self, array: Any) -> jax.Array:
+        return jax.device_put(array, self._placement)
+
+    def _fresh_key(self, seed: int) -> jax.Array:
+        with jax.default_device(self.jax_device):
+            return jax.random.key(seed)
+
+    def _next_key(self) -> jax.Array:
+        self._key, key = jax.random.split(self._key)
+        return key
+
+    def array(self, data: Any, dtype: DType | None = None) -> jax.Array:
+        """A jax array on the backend's device(s); floating data takes the backend dtype unless `dtype` says.
+
+        numpy arrays and lists are copied once to the device; other dlpack-capable arrays
+        (torch, cupy, ...) are taken without a copy where jax.dlpack allows it.
+        """
+        arr: Any
+        if isinstance(data, jax.Array):
+            arr = data
+        elif hasattr(data, "__dlpack__") and not isinstance(data, (np.ndarray, np.generic)):
+            try:
+                arr = jnp.from_dlpack(data)
+            except (TypeError, ValueError, RuntimeError, BufferError):
+                arr = np.asarray(data)
+        else:
+            arr = np.asarray(data)
+        if dtype is not None:
+            target = self._dtype(dtype)
+        elif jnp.issubdtype(arr.dtype, jnp.floating):
+            target = self._native
+        else:
+            target = arr.dtype
+        if arr.dtype != target:
+            arr = arr.astype(target)
+        return self._place(arr)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def set_seed(self, seed: int) -> None:
+        self._key = self._fresh_key(seed)
+
+    def randn(self, *shape: int, dtype: DType | None = None) -> jax.Array:
+        return self._place(jax.random.normal(self._next_key(), shape, self._dtype(dtype)))
+
+    def rand(self, *shape: int, dtype: DType | None = None) -> jax.Array:
+        return self._place(jax.random.uniform(self._next_key(), shape, self._dtype(dtype)))
+
+    def ones(self, *shape: int, dtype: DType | None = None) -> jax.Array:
+        return jnp.ones(shape, self._dtype(dtype), device=self._placement)
+
+    def zeros(self, *shape: int, dtype: DType | None = None) -> jax.Array:
+        return jnp.zeros(shape, self._dtype(dtype), device=self._placement)
+
+    def mean(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
+        return jnp.mean(x, axis=axis, keepdims=keepdim)
+
+    def sum(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
+        return jnp.sum(x, axis=axis, keepdims=keepdim)
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        return jnp.matmul(a, b)
+
+    def exp(self, x: Any) -> Any:
+        return jnp.exp(x)
+
+    def log(self, x: Any) -> Any:
+        return jnp.log(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return jnp.sqrt(x)
+
+    def abs(self, x: Any) -> Any:
+        return jnp.abs(x)
+
+    def max(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
+        return jnp.max(x, axis=axis, keepdims=keepdim)
+
+    def argmax(self, x: Any, axis: int | None = None) -> Any:
+        return jnp.argmax(x, axis=axis)
+
+    def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
+        return jnp.reshape(x, shape)
+
+    def transpose(self, x: Any, axes: tuple[int, ...] | None = None) -> Any:
+        return jnp.transpose(x, axes)
+
+    def concat(self, arrays: list[Any], axis: int = 0) -> Any:
+        return jnp.concatenate(arrays, axis=axis)
+
+    # -- lowering ----------------------------------------------------------------------
+    def lower(self, graph: Graph, options: CompileOptions) -> JaxProgram:
+        return JaxProgram(self, graph, options)
