@@ -1,7 +1,8 @@
 """Per-call cost of the compiled quick-start MLP on JAX against hand-written jax.jit code.
 
 Both sides run jitted float32 code for batch 32, 20 -> 64 -> 10 and block until the
-results are ready; the ratio is Mithril's time over the hand-written time.
+results are ready; the ratio is Mithril's time over the hand-written time (9 interleaved rounds,
+because a shared machine makes single rounds noisy).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main() -> None:
         ("forward, batch 32, 20->64->10, f32, jit", ours_forward, ref_forward),
         ("forward+backward (jax.vjp), same", ours_backward, ref_backward),
     ]:
-        c, r, ratio = compare(cand, refn)
+        c, r, ratio = compare(cand, refn, rounds=9)
         rows.append((case, c, r, ratio, TARGET))
     print_table(f"JAX backend vs hand-written jax.jit ({jax.devices()[0].platform}, jax {jax.__version__})", rows)
 
