@@ -21,7 +21,8 @@ from .errors import (
     ShapeError,
     UnsupportedError,
 )
-from .plugins import BackendInfo, hookimpl, registry as _registry
+from .plugins import BackendInfo, hookimpl
+from .plugins import registry as _registry
 
 __version__ = "1.0.0.dev0"
 

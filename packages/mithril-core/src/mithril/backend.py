@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
-from .dtypes import DType, FLOAT_DTYPES, as_dtype, float32
+from .dtypes import FLOAT_DTYPES, DType, as_dtype, float32
 
 if TYPE_CHECKING:
     from .graph import Graph, Node

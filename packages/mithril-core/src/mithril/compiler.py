@@ -45,11 +45,13 @@ def compile(  # noqa: A001 - the public name the quick start uses
         jit = backend.default_jit
     if jit and not backend.supports_jit:
         raise UnsupportedError(f"ml.compile: backend {backend.name!r} has no JIT compiler; use jit=False")
-    graph = flatten(model, copy=True, outputs=outputs)
+    inference = bool(inference or static_inference)
+    graph = flatten(model, copy=True, outputs=outputs, inference=inference)
     _mark_trainable(graph, trainable_keys)
     _apply_shapes(graph, shapes or {})
     options = CompileOptions(
-        jit=bool(jit), inference=bool(inference or static_inference), file_path=file_path, extra=dict(backend_options)
+        jit=bool(jit), inference=inference, file_path=file_path,
+        extra={**backend_options, **({"static_inference": True} if static_inference else {})},
     )
     program = backend.lower(graph, options)
     return CompiledModel(graph, backend, program, options)
@@ -102,6 +104,10 @@ class CompiledModel:
         self.options = options
         self._forward = program.forward
         self._forward_backward = program.forward_backward
+        self._state_updates = {e.name: e.updates for e in graph.outputs if e.updates is not None}
+        self.state: dict[str, Any] | None = None
+        if graph.state:
+            self.evaluate = self._evaluate_stateful  # type: ignore[method-assign]
 
     # -- description ---------------------------------------------------------------
     @property
@@ -111,7 +117,12 @@ class CompiledModel:
 
     @property
     def input_keys(self) -> list[str]:
-        return [e.name for e in self.graph.inputs]
+        return [e.name for e in self.graph.inputs if not e.is_state]
+
+    @property
+    def state_keys(self) -> list[str]:
+        """Keys of the model's state (e.g. BatchNorm running statistics)."""
+        return [e.name for e in self.graph.state]
 
     @property
     def param_keys(self) -> list[str]:
@@ -119,7 +130,7 @@ class CompiledModel:
 
     @property
     def output_keys(self) -> list[str]:
-        return [e.name for e in self.graph.outputs]
+        return [e.name for e in self.graph.outputs if e.updates is None]
 
     @property
     def shapes(self) -> dict[str, tuple[int | str, ...]]:
@@ -136,9 +147,10 @@ class CompiledModel:
         render = Renderer()
         rows = [f"{self.graph.model.describe()} on {self.backend!r}"]
         total = 0
-        for role in ("param", "input", "output"):
+        for role in ("param", "input", "state", "output"):
             for e in self.graph.edges:
-                if e.role != role:
+                label = "state" if e.is_state else e.role
+                if label != role or e.updates is not None:
                     continue
                 dims = render.items(e.shape.items)
                 size = math.prod(int(d) for d in dims) if all(d.isdigit() for d in dims) else None
@@ -175,6 +187,10 @@ class CompiledModel:
             return (backend.rand(*shape) * 2.0 - 1.0) * bound
         raise UnsupportedError(f"unknown initialisation {init.kind!r} for parameter {edge.name!r}")
 
+    def initial_state(self) -> dict[str, Any]:
+        """Fresh state: running means 0 and variances 1, like a new torch module."""
+        return {e.name: self._init(e) for e in self.graph.state}
+
     def _concrete(self, edge: Edge) -> tuple[int, ...]:
         dims = Renderer().items(edge.shape.items)
         if not all(d.isdigit() for d in dims):
@@ -204,6 +220,50 @@ class CompiledModel:
                 "inference=True/static_inference=True to get gradients"
             )
         return self._forward_backward(params, _EMPTY if inputs is None else inputs, output_gradients)
+
+    def _evaluate_stateful(
+        self,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, Any] | None = None,
+        output_gradients: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """`evaluate` for models with state: reads `self.state` and stores the updated state."""
+        if self.state is None:
+            self.state = self.initial_state()
+        result = self.apply(params, inputs, self.state, output_gradients)
+        self.state = {**self.state, **result[-1]}
+        return result[0] if output_gradients is None else result[:2]
+
+    def apply(
+        self,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, Any] | None,
+        state: Mapping[str, Any],
+        output_gradients: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Functional evaluation: state in, new state out.
+
+        Returns (outputs, new_state), or (outputs, gradients, new_state) with
+        output_gradients. The compiled model's own `state` is not touched.
+        """
+        if not isinstance(state, Mapping) or set(state) != set(self.state_keys):
+            given = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise KeyNotFoundError(
+                f"{self.graph.model.describe()}: state must have exactly the keys {self.state_keys}, got {given}"
+            )
+        merged = {**(inputs or _EMPTY), **state}
+        if output_gradients is None:
+            outputs = self._forward(params, merged)
+            grads = None
+        else:
+            if self.options.inference:
+                raise UnsupportedError(
+                    f"{self.graph.model.describe()} was compiled for inference only; compile without "
+                    "inference=True/static_inference=True to get gradients"
+                )
+            outputs, grads = self._forward_backward(params, merged, output_gradients)
+        new_state = {self._state_updates[k]: outputs.pop(k) for k in list(outputs) if k in self._state_updates}
+        return (outputs, new_state) if grads is None else (outputs, grads, new_state)
 
     def __repr__(self) -> str:
         return f"<CompiledModel {self.graph.model.describe()} on {self.backend!r}>"

@@ -25,6 +25,8 @@ class Edge:
     producer: Node | None = None
     consumers: list[tuple[Node, str]] = field(default_factory=list)
     init: tuple[Node, str, Init] | None = None
+    is_state: bool = False
+    updates: str | None = None  # for a state-update output: the state key it replaces
 
     def __repr__(self) -> str:
         return f"Edge({self.name}, {self.role}, {self.shape})"
@@ -32,20 +34,14 @@ class Edge:
 
 @dataclass(eq=False)
 class Node:
-    """One primitive application."""
+    """One primitive application; `primitive` and `attrs` may differ from the op's in inference mode."""
 
     op: Operator
     path: str
     inputs: dict[str, Edge]
     outputs: dict[str, Edge]
-
-    @property
-    def primitive(self) -> str:
-        return self.op.primitive
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return self.op.attrs
+    primitive: str = ""
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"Node({self.primitive} {self.path})"
@@ -71,6 +67,10 @@ class Graph:
     def outputs(self) -> list[Edge]:
         return [e for e in self.edges if e.role == "output"]
 
+    @property
+    def state(self) -> list[Edge]:
+        return [e for e in self.edges if e.is_state]
+
     def edge(self, name: str) -> Edge:
         for e in self.edges:
             if e.name == name:
@@ -79,8 +79,9 @@ class Graph:
 
 
 class _Flattener:
-    def __init__(self, model: BaseModel) -> None:
+    def __init__(self, model: BaseModel, inference: bool) -> None:
         self.model = model
+        self.inference = inference
         self.nodes: list[Node] = []
         self.edges: list[Edge] = []
         self.pending_names: dict[Edge, str | None] = {}
@@ -108,12 +109,18 @@ class _Flattener:
                 self.visit(child, inner, path + ".")
 
     def add_node(self, op: Operator, path: str, ins: dict[str, Edge], outs: dict[str, Edge]) -> None:
-        node = Node(op, path, ins, outs)
+        primitive = op.primitive
+        if self.inference and op.inference is not None:
+            primitive, kept = op.inference
+            ins = {k: e for k, e in ins.items() if k in kept}
+            outs = {k: e for k, e in outs.items() if k not in op.state_updates}
+        node = Node(op, path, ins, outs, primitive, dict(op.attrs))
         for key, edge in ins.items():
             edge.consumers.append((node, key))
             spec = op.input_specs[key]
-            if spec.role == "param" and edge.init is None and spec.init is not None:
+            if spec.role in ("param", "state") and edge.init is None and spec.init is not None:
                 edge.init = (node, key, spec.init)
+            edge.is_state = edge.is_state or spec.role == "state"
         for edge in outs.values():
             edge.producer = node
         self.nodes.append(node)
@@ -135,12 +142,17 @@ class _Flattener:
                 name, n = f"{base}_{n}", n + 1
             taken.add(name)
             edge.name = name
+        self.edges = [e for e in self.edges if e.producer is not None or e.consumers or e.user_named]
         for edge in self.edges:
             if edge.producer is None:
-                edge.role = "param" if edge.init is not None or any(
-                    n.op.input_specs[k].role == "param" for n, k in edge.consumers
-                ) else "input"
+                is_param = any(n.op.input_specs[k].role == "param" for n, k in edge.consumers)
+                edge.role = "param" if is_param and not edge.is_state else "input"
         by_name = {e.name: e for e in self.edges}
+        for node in self.nodes:
+            for key, edge in node.outputs.items():
+                if key in node.op.state_updates:
+                    edge.role = "output"
+                    edge.updates = node.inputs[node.op.state_updates[key]].name
         for name in outputs:
             edge = by_name.get(name)
             if edge is None or edge.producer is None:
@@ -176,9 +188,15 @@ def _topological(model: BaseModel, nodes: list[Node]) -> list[Node]:
     return order
 
 
-def flatten(model: BaseModel, *, copy: bool = True, outputs: Iterable[str] | None = None) -> Graph:
-    """Flatten `model`; with copy=True the graph gets its own shapes, so solving more leaves the model unchanged."""
-    flattener = _Flattener(model)
+def flatten(
+    model: BaseModel, *, copy: bool = True, outputs: Iterable[str] | None = None, inference: bool = False
+) -> Graph:
+    """Flatten `model`; with copy=True the graph gets its own shapes, so solving more leaves the model unchanged.
+
+    inference=True swaps ops for their inference form (batch statistics -> running
+    statistics, dropout -> identity) and drops state updates.
+    """
+    flattener = _Flattener(model, inference)
     if isinstance(model, Operator):
         keys = model.external_keys()
         ins = {k: flattener.new_edge(keys[k], k, True) for k in model.input_specs}

@@ -25,7 +25,7 @@ class NumpyProgram(Program):
     def __init__(self, backend: NumpyBackend, graph: Graph, options: CompileOptions) -> None:
         self.graph = graph
         self.options = options
-        namespace = {**ops.NAMESPACE, **vjps.NAMESPACE, "_partial": self._partial}
+        namespace = {**ops.NAMESPACE, **vjps.NAMESPACE, "_partial": self._partial, "_backend": backend}
         self.gen = PythonCodegen(graph, backend, backend.op_table(), namespace, vjps.VJPS)
         self.diagnose = self.gen.constant(make_diagnose(graph, backend), "diagnose")
         self._subsets: dict[frozenset[str], Any] = {}

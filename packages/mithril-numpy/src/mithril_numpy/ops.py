@@ -12,7 +12,9 @@ from mithril.codegen import static_shape
 from mithril.graph import Node
 from mithril.models.rules import normalize_axes
 
-__all__ = ["OPS", "NAMESPACE"]
+from . import kernels
+
+__all__ = ["OPS", "NAMESPACE", "keyword_call"]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -36,6 +38,22 @@ def flatten(node: Node, a: Mapping[str, str]) -> str:
     x = a["input"]
     return f"{x}.reshape({x}.shape[:{s}] + (-1,) + {x}.shape[{e + 1}:])"
 
+
+def keyword_call(fn: str, inputs: tuple[str, ...], attrs: tuple[str, ...]) -> OpImpl:
+    """An op calling kernel `fn` with every input (None when absent) and the named attributes."""
+
+    def emit(node: Node, a: Mapping[str, str]) -> str:
+        args = [a.get(k, "None") for k in inputs] + [repr(node.attrs[k]) for k in attrs]
+        return f"{fn}({', '.join(args)})"
+
+    return emit
+
+
+def _axis_call(fn: str) -> OpImpl:
+    return lambda n, a: f"{fn}({a['input']}, {n.attrs['axis']!r})"
+
+
+POOL_ATTRS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 OPS: dict[str, OpImpl] = {
     "linear": linear,
@@ -62,6 +80,29 @@ OPS: dict[str, OpImpl] = {
     "transpose": "np.transpose({input}, {axes})",
     "reshape": "np.reshape({input}, {shape})",
     "flatten": flatten,
+    "identity": "{input}",
+    "conv2d": keyword_call("_k.conv2d", ("input", "weight", "bias"), ("stride", "padding", "dilation", "groups")),
+    "max_pool2d": keyword_call("_k.max_pool2d", ("input",), POOL_ATTRS),
+    "avg_pool2d": keyword_call(
+        "_k.avg_pool2d", ("input",), (*POOL_ATTRS, "count_include_pad", "divisor_override")
+    ),
+    "batch_norm": keyword_call(
+        "_k.batch_norm", ("input", "weight", "bias", "running_mean", "running_var"), ("eps", "momentum")
+    ),
+    "batch_norm_inference": keyword_call(
+        "_k.batch_norm_inference", ("input", "weight", "bias", "running_mean", "running_var"), ("eps",)
+    ),
+    "layer_norm": keyword_call("_k.layer_norm", ("input", "weight", "bias"), ("normalized_shape", "eps")),
+    "embedding": "{weight}[{input}]",
+    "gelu": keyword_call("_k.gelu", ("input",), ("approximate",)),
+    "leaky_relu": "np.where({input} > 0, {input}, {input} * {negative_slope})",
+    "softmax": _axis_call("_k.softmax"),
+    "log_softmax": _axis_call("_k.log_softmax"),
+    "dropout": lambda n, a: f"_k.dropout({a['input']}, {n.attrs['p']!r}, _backend._rng)",
+    "mse_loss": keyword_call("_k.mse_loss", ("input", "target"), ("reduction",)),
+    "cross_entropy": keyword_call(
+        "_k.cross_entropy", ("input", "target"), ("weight", "ignore_index", "reduction", "label_smoothing")
+    ),
 }
 
-NAMESPACE: dict[str, Any] = {"np": np}
+NAMESPACE: dict[str, Any] = {"np": np, "_k": kernels}

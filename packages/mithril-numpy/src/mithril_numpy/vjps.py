@@ -17,6 +17,9 @@ from mithril.codegen import static_shape
 from mithril.graph import Node
 from mithril.models.rules import normalize_axes
 
+from . import kernels
+from .ops import POOL_ATTRS, keyword_call
+
 __all__ = ["VJPS", "NAMESPACE"]
 
 
@@ -82,6 +85,9 @@ def tie_grad(g: np.ndarray, mine: np.ndarray, other: np.ndarray, wins: Any) -> n
     """maximum/minimum: the winner gets g, a tie gives each side g/2 (torch's rule)."""
     grad = np.where(mine == other, g / 2, np.where(wins(mine, other), g, 0))
     return unbroadcast(grad.astype(g.dtype, copy=False), mine.shape)
+
+
+CONV_ATTRS = ("stride", "padding", "dilation", "groups")
 
 
 def _linear_weight(node: Node, a: Mapping[str, str]) -> str:
@@ -152,6 +158,43 @@ VJPS: dict[str, dict[str, OpImpl]] = {
     "transpose": {"input": _transpose},
     "reshape": {"input": "np.reshape({g}, np.shape({input}))"},
     "flatten": {"input": "np.reshape({g}, np.shape({input}))"},
+    "identity": {"input": "{g}"},
+    "conv2d": {
+        "input": keyword_call("_k.conv2d_grad_input", ("g", "input", "weight"), CONV_ATTRS),
+        "weight": keyword_call("_k.conv2d_grad_weight", ("g", "input", "weight"), CONV_ATTRS),
+        "bias": "{g}.sum(axis=(0, 2, 3))",
+    },
+    "max_pool2d": {"input": keyword_call("_k.max_pool2d_grad", ("g", "input"), POOL_ATTRS)},
+    "avg_pool2d": {
+        "input": keyword_call(
+            "_k.avg_pool2d_grad", ("g", "input"), (*POOL_ATTRS, "count_include_pad", "divisor_override")
+        )
+    },
+    "batch_norm": {
+        key: lambda n, a, key=key: f"_k.batch_norm_grad({a['g']}, {a['input']}, {a.get('weight', 'None')}, "
+        f"{n.attrs['eps']!r}, {key!r})"
+        for key in ("input", "weight", "bias")
+    },
+    "layer_norm": {
+        key: lambda n, a, key=key: f"_k.layer_norm_grad({a['g']}, {a['input']}, {a.get('weight', 'None')}, "
+        f"{n.attrs['normalized_shape']!r}, {n.attrs['eps']!r}, {key!r})"
+        for key in ("input", "weight", "bias")
+    },
+    "embedding": {"weight": "_k.embedding_grad({g}, {input}, {weight})"},
+    "gelu": {"input": "_k.gelu_grad({g}, {input}, {approximate})"},
+    "leaky_relu": {"input": "np.where({input} > 0, {g}, {g} * {negative_slope})"},
+    "softmax": {"input": "{output} * ({g} - np.sum({g} * {output}, axis={axis}, keepdims=True))"},
+    "log_softmax": {"input": "{g} - np.exp({output}) * np.sum({g}, axis={axis}, keepdims=True)"},
+    "dropout": {"input": "{g} * {mask}"},
+    "mse_loss": {
+        "input": "_k.mse_loss_grad({g}, {input}, {target}, {reduction}, 1.0)",
+        "target": "_k.mse_loss_grad({g}, {input}, {target}, {reduction}, -1.0)",
+    },
+    "cross_entropy": {
+        "input": keyword_call(
+            "_k.cross_entropy_grad", ("g", "input", "target"), ("weight", "ignore_index", "reduction", "label_smoothing")
+        )
+    },
 }
 
 NAMESPACE: dict[str, Any] = {
@@ -161,6 +204,7 @@ NAMESPACE: dict[str, Any] = {
     "_reduce_grad": reduce_grad,
     "_max_grad": max_grad,
     "_tie_grad": tie_grad,
+    "_k": kernels,
 }
 
 

@@ -29,7 +29,7 @@ class Init:
 class KeySpec:
     """One input key of an operator: its role, element kind and, for parameters, its init."""
 
-    role: str = "input"  # "input" (data) or "param" (trainable)
+    role: str = "input"  # "input" (data), "param" (trainable) or "state" (e.g. running statistics)
     kind: str = "float"  # "float", "int" or "any"
     init: Init | None = None
 
@@ -118,10 +118,16 @@ class Operator(BaseModel):
         attrs: Mapping[str, Any] | None = None,
         outputs: Mapping[str, str] | None = None,
         rule: Callable[[dict[str, Shape], Mapping[str, Any]], bool] | None = None,
+        state_updates: Mapping[str, str] | None = None,
+        inference: tuple[str, Sequence[str]] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
         self.primitive = primitive
+        # output key -> the state input key it holds the new value of (training mode only)
+        self.state_updates: dict[str, str] = dict(state_updates or {})
+        # (primitive, input keys it keeps) used when compiling with inference=True
+        self.inference = inference
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.input_specs: dict[str, KeySpec] = dict(inputs)
         self.output_kinds: dict[str, str] = dict(outputs or {"output": "float"})

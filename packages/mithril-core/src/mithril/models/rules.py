@@ -214,3 +214,50 @@ def flatten(shapes: Shapes, attrs: Attrs) -> bool:
         merged = a[s]  # type: ignore[assignment]
     unify(shapes["output"].items, [*a[:s], merged, *a[e + 1 :]])
     return all(v is not None for v in values) or s == e
+
+
+def _window_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool = False) -> int:
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1  # PyTorch: the last window must start inside the input or left padding
+    return out
+
+
+def sliding_window(shapes: Shapes, attrs: Attrs) -> bool:
+    """Spatial output size of convolution and pooling over the last two axes of `input`."""
+    x = resolve(shapes["input"].items)
+    out = resolve(shapes["output"].items)
+    if _has_var(x) >= 0 or _has_var(out) >= 0 or len(x) < 2:
+        return False
+    kernel = attrs["kernel_size"]
+    if "weight" in shapes:
+        w = resolve(shapes["weight"].items)
+        kernel = (_value(w[-2]), _value(w[-1]))
+    done = True
+    for axis, dim in enumerate(x[-2:]):
+        size = _value(dim)
+        if size is None or kernel[axis] is None:
+            done = False
+            continue
+        padded = size + 2 * attrs["padding"][axis]
+        reach = attrs["dilation"][axis] * (kernel[axis] - 1) + 1
+        if reach > padded:
+            raise ShapeMismatch(
+                f"kernel reach {reach} (kernel_size {kernel[axis]}, dilation {attrs['dilation'][axis]}) is larger "
+                f"than the padded input size {padded} on spatial axis {axis}"
+            )
+        value = _window_out(size, kernel[axis], attrs["stride"][axis], attrs["padding"][axis],
+                            attrs["dilation"][axis], attrs.get("ceil_mode", False))
+        unify([out[len(out) - 2 + axis]], [Dim(value)])
+    return done
+
+
+def same_shape_axis(shapes: Shapes, attrs: Attrs) -> bool:
+    """Output shape equals input shape; `axis` must be valid for its rank (softmax family)."""
+    unify(shapes["output"].items, shapes["input"].items)
+    x = resolve(shapes["input"].items)
+    if _has_var(x) >= 0:
+        return False
+    normalize_axes(attrs["axis"], len(x))
+    return True

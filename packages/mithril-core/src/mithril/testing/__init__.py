@@ -60,6 +60,8 @@ def draw_inputs(case: Case, compiled: compiler.CompiledModel, seed: int = 0) -> 
 
     def draw(key: str) -> np.ndarray:
         shape = tuple(int(d) for d in shapes[key])
+        if key in case.int_inputs:
+            return rng.integers(0, case.int_inputs[key], shape)
         if case.domain.get(key) == "positive":
             return rng.uniform(0.5, 2.0, shape)
         return rng.standard_normal(shape)
@@ -75,20 +77,23 @@ def run_case(
     compiled = _compile(case, backend)
     p = {k: backend.array(v) for k, v in params.items()}
     x = {k: backend.array(v) for k, v in inputs.items()}
-    if output_grads is None:
-        out = compiled.evaluate(p, x)
-        return {k: np.asarray(backend.to_numpy(v), np.float64) for k, v in out.items()}, None
-    g = {k: backend.array(v) for k, v in output_grads.items()}
-    out, grads = compiled.evaluate(p, x, g)
     as64 = lambda d: {k: np.asarray(backend.to_numpy(v), np.float64) for k, v in d.items()}  # noqa: E731
-    return as64(out), as64(grads)
+    if output_grads is None:
+        out, grads = compiled.evaluate(p, x), None
+    else:
+        out, grads = compiled.evaluate(p, x, {k: backend.array(v) for k, v in output_grads.items()})
+    if compiled.state is not None:
+        out = {**out, **{f"state:{k}": v for k, v in compiled.state.items()}}
+    return as64(out), None if grads is None else as64(grads)
 
 
 def check_case(case: Case, backend: Backend, reference: Backend, *, grads: bool = True) -> None:
     """Assert `backend` matches `reference` (a float64 NumPy backend) on `case`."""
     params, inputs = draw_inputs(case, _compile(case, reference))
     ref_out, _ = run_case(case, reference, params, inputs, None)
-    out_grads = {k: np.random.default_rng(1).standard_normal(v.shape) for k, v in ref_out.items()}
+    out_grads = {
+        k: np.random.default_rng(1).standard_normal(v.shape) for k, v in ref_out.items() if not k.startswith("state:")
+    }
     want_grads = grads and case.grads and backend.supports_gradients
     ref_out, ref_grads = run_case(case, reference, params, inputs, out_grads if want_grads else None)
     got_out, got_grads = run_case(case, backend, params, inputs, out_grads if want_grads else None)
@@ -111,8 +116,12 @@ def finite_difference(case: Case, backend: Backend, eps: float = 1e-6) -> None:
     out = compiled.evaluate(params, inputs)
     seeds = {k: np.random.default_rng(2).standard_normal(np.shape(v)) for k, v in out.items()}
     _, grads = compiled.evaluate(params, inputs, seeds)
+    if compiled.state_keys:
+        compiled.state = None  # each loss evaluation below starts from the same state
 
     def loss(p: Mapping[str, np.ndarray]) -> float:
+        if compiled.state_keys:
+            compiled.state = None
         res = compiled.evaluate(dict(p), inputs)
         return float(sum(np.sum(res[k] * seeds[k]) for k in res))
 
@@ -131,5 +140,5 @@ def finite_difference(case: Case, backend: Backend, eps: float = 1e-6) -> None:
 def _compile(case: Case, backend: Backend) -> compiler.CompiledModel:
     """Compile `case` with every float input trainable, so gradients cover all of them."""
     probe = compiler.compile(case.build(), backend, shapes=case.shapes, **case.options)
-    trainable = [e.name for e in probe.graph.inputs if e.kind == "float"]
+    trainable = [e.name for e in probe.graph.inputs if e.kind == "float" and not e.is_state]
     return compiler.compile(case.build(), backend, shapes=case.shapes, trainable_keys=trainable, **case.options)
