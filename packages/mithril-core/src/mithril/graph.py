@@ -142,7 +142,7 @@ class _Flattener:
                 name, n = f"{base}_{n}", n + 1
             taken.add(name)
             edge.name = name
-        self.edges = [e for e in self.edges if e.producer is not None or e.consumers or e.user_named]
+        self.edges = [e for e in self.edges if e.producer is not None or e.consumers]
         for edge in self.edges:
             if edge.producer is None:
                 is_param = any(n.op.input_specs[k].role == "param" for n, k in edge.consumers)
