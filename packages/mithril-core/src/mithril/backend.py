@@ -128,6 +128,17 @@ class Backend:
         """The framework's dtype object for a core dtype."""
         raise NotImplementedError
 
+    def extra_checks(self, var: str) -> list[tuple[str, Any]]:
+        """Extra fast-path checks on an argument variable, as (expression, expected value) pairs.
+
+        For example a device check; a failing check leads to `array_problem` for the message.
+        """
+        return []
+
+    def array_problem(self, array: Any) -> str | None:
+        """What is wrong with an argument beyond key, shape and dtype (e.g. "on cpu, expected cuda:0")."""
+        return None
+
     # -- lowering ------------------------------------------------------------------
     def lower(self, graph: Graph, options: CompileOptions) -> Program:
         raise NotImplementedError

@@ -137,6 +137,9 @@ class PythonCodegen:
             if edge.kind == "float":
                 dtype_exprs.append(f"{var}.dtype")
                 dtype_expected.append(self.backend.native_dtype(self.backend.dtype))
+            for expr, expected in self.backend.extra_checks(var):
+                dtype_exprs.append(expr)
+                dtype_expected.append(expected)
         text = ""
         if shape_exprs:
             text += f" or ({', '.join(shape_exprs)},) != {self.constant(tuple(shape_expected), 'shapes')}"

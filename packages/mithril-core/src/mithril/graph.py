@@ -162,7 +162,9 @@ class _Flattener:
                     f"choose from 'output' or the named keys {produced}"
                 )
             edge.role = "output"
-        nodes = _topological(self.model, self.nodes)
+        nodes = _prune(_topological(self.model, self.nodes))
+        live = {id(e) for n in nodes for e in [*n.inputs.values(), *n.outputs.values()]}
+        self.edges = [e for e in self.edges if id(e) in live]
         first_use: dict[int, int] = {}
         for index, node in enumerate(nodes):
             for edge in [*node.inputs.values(), *node.outputs.values()]:
@@ -186,6 +188,18 @@ def _topological(model: BaseModel, nodes: list[Node]) -> list[Node]:
     if len(order) != len(nodes):
         raise CompositionError(f"{model.describe()} contains a cycle")
     return order
+
+
+def _prune(nodes: list[Node]) -> list[Node]:
+    """Drop nodes that no output (or state update) depends on."""
+    needed: set[int] = set()
+    kept: list[Node] = []
+    for node in reversed(nodes):
+        if any(e.role == "output" or id(e) in needed for e in node.outputs.values()):
+            kept.append(node)
+            needed.update(id(e) for e in node.inputs.values())
+    kept.reverse()
+    return kept
 
 
 def flatten(

@@ -52,6 +52,9 @@ def make_diagnose(graph: Graph, backend: Backend) -> Callable[..., NoReturn]:
                 raise DTypeMismatchError(
                     f"{label}: expected dtype {backend.dtype.name} (the backend's dtype), got {name}"
                 )
+        problem = backend.array_problem(value)
+        if problem is not None:
+            raise ValueError(f"{label}: {problem}")
 
     def diagnose(
         params: Any, inputs: Any, output_gradients: Any = None, outputs: Mapping[str, Any] | None = None
