@@ -10,6 +10,7 @@ __all__ = [
     "KeyNotFoundError",
     "BackendNotFoundError",
     "UnsupportedError",
+    "NoFaultFound",
 ]
 
 
@@ -42,3 +43,7 @@ class BackendNotFoundError(MithrilError, ImportError):
 
 class UnsupportedError(MithrilError, NotImplementedError):
     """A backend lacks a capability the compiled model needs (op, dtype, gradients)."""
+
+
+class NoFaultFound(MithrilError):
+    """The slow argument diagnosis found nothing wrong (a fast-path check was stricter)."""

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from .backend import Backend
-from .errors import DTypeMismatchError, KeyNotFoundError, MithrilError, ShapeError
+from .errors import DTypeMismatchError, KeyNotFoundError, NoFaultFound, ShapeError
 from .graph import Edge, Graph
 from .shapes import Dim, Renderer, Var, resolve
 
@@ -84,7 +84,13 @@ def make_diagnose(graph: Graph, backend: Backend) -> Callable[..., NoReturn]:
                         f"{owner}: output_gradients[{key!r}]: expected shape {list(want)} "
                         f"(the shape of output {key!r}), got {list(got)}"
                     )
-        raise MithrilError(f"{owner}: evaluate rejected its arguments but no specific fault was found")
+                want_dtype, got_dtype = backend.dtype_of(outputs[key]), backend.dtype_of(grad)
+                if want_dtype is not None and got_dtype is not want_dtype:
+                    raise DTypeMismatchError(
+                        f"{owner}: output_gradients[{key!r}]: expected dtype {want_dtype.name} "
+                        f"(the dtype of output {key!r}), got {got_dtype.name if got_dtype else grad.dtype}"
+                    )
+        raise NoFaultFound(f"{owner}: evaluate rejected its arguments but no specific fault was found")
 
     return diagnose
 

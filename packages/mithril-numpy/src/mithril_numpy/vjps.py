@@ -142,7 +142,10 @@ VJPS: dict[str, dict[str, OpImpl]] = {
     "sub": _binary("{g}", "-{g}"),
     "mul": _binary("{g} * {right}", "{g} * {left}"),
     "div": _binary("{g} / {right}", "-{g} * {output} / {right}"),
-    "pow": _binary("{g} * {right} * {left} ** ({right} - 1)", "{g} * {output} * np.log({left})"),
+    "pow": _binary(
+        "np.where({right} == 0, 0, {g} * {right} * {left} ** ({right} - 1))",
+        "np.where(({left} == 0) & ({right} >= 0), 0, {g} * {output} * np.log(np.where({left} == 0, 1, {left})))",
+    ),
     "maximum": {
         "left": "_tie_grad({g}, {left}, {right}, np.greater)",
         "right": "_tie_grad({g}, {right}, {left}, np.greater)",
