@@ -122,8 +122,20 @@ def conv2d_grad_weight(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair
 
 
 # -- pooling ----------------------------------------------------------------------------
+def _tiles(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair) -> np.ndarray | None:
+    """[..., Ho, kh, Wo, kw] view when windows tile the input exactly (the common k == stride case)."""
+    kh, kw = kernel_size
+    h, w = x.shape[-2:]
+    if stride != kernel_size or padding != (0, 0) or dilation != (1, 1) or h % kh or w % kw:
+        return None
+    return x.reshape(*x.shape[:-2], h // kh, kh, w // kw, kw)
+
+
 def max_pool2d(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
                ceil_mode: bool) -> np.ndarray:
+    tiles = _tiles(x, kernel_size, stride, padding, dilation)
+    if tiles is not None:
+        return tiles.max(axis=(-3, -1))
     out = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     xp = _extra_pad(_pad(x, padding, -np.inf), out, kernel_size, stride, dilation, -np.inf)
     return _windows(xp, out, kernel_size, stride, dilation).max(axis=(-2, -1))
@@ -131,6 +143,14 @@ def max_pool2d(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, di
 
 def max_pool2d_grad(g: np.ndarray, x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
                     ceil_mode: bool) -> np.ndarray:
+    tiles = _tiles(x, kernel_size, stride, padding, dilation)
+    if tiles is not None:
+        # first maximum of each tile, as torch routes it
+        kh, kw = kernel_size
+        flat = tiles.swapaxes(-3, -2).reshape(*g.shape, kh * kw)
+        onehot = flat.argmax(axis=-1)[..., None] == np.arange(kh * kw)
+        grad = (onehot * g[..., None]).reshape(*g.shape, kh, kw).swapaxes(-3, -2)
+        return grad.reshape(x.shape)
     out = (g.shape[-2], g.shape[-1])
     xp = _extra_pad(_pad(x, padding, -np.inf), out, kernel_size, stride, dilation, -np.inf)
     win = _windows(xp, out, kernel_size, stride, dilation)
