@@ -174,13 +174,18 @@ def _add_watcher(item: Item, constraint: Constraint) -> None:
 def resolve(items: Sequence[Item]) -> list[Item]:
     """Expand bound variadics and replace each Dim by its union-find root."""
     out: list[Item] = []
-    for item in items:
-        if isinstance(item, Dim):
-            out.append(item.find())
-        elif item.binding is not None:
-            out.extend(resolve(item.binding))
+    stack = [iter(items)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, Dim):
+                out.append(item.find())
+            elif item.binding is not None:
+                stack.append(iter(item.binding))
+                break
+            else:
+                out.append(item)
         else:
-            out.append(item)
+            stack.pop()
     return out
 
 
@@ -263,7 +268,8 @@ def unify(a_items: Sequence[Item], b_items: Sequence[Item]) -> None:
     rest_suf_a, rest_suf_b = suf_a[: len(suf_a) - n_suf], suf_b[: len(suf_b) - n_suf]
     # Now one of rest_pre_* and one of rest_suf_* is empty.
     if not (rest_pre_a or rest_suf_a or rest_pre_b or rest_suf_b):
-        quiet, other = (var_a, var_b) if len(var_a.watchers) <= len(var_b.watchers) else (var_b, var_a)
+        # Bind the newcomer (b: the side being connected) unless only it is watched, keeping alias chains short.
+        quiet, other = (var_b, var_a) if len(var_b.watchers) <= len(var_a.watchers) else (var_a, var_b)
         _bind(quiet, [other])
     elif not rest_pre_a and not rest_suf_a:
         _bind(var_a, [*rest_pre_b, var_b, *rest_suf_b])
