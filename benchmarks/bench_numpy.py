@@ -61,12 +61,11 @@ def mlp_rows() -> list[tuple[str, float, float, float, float | None]]:
 
 
 def cnn_rows() -> list[tuple[str, float, float, float, float | None]]:
+    import hand_numpy_cnn as hand
     import numpy as np
 
     import mithril as ml
     from mithril.testing.torch_parity import quickstart_cnn
-
-    import hand_numpy_cnn as hand
 
     backend = ml.NumpyBackend(dtype=ml.float32)
     compiled = ml.compile(quickstart_cnn(), backend, shapes={"input": [32, 3, 32, 32]})

@@ -127,14 +127,14 @@ class TestEvaluateErrors:
     @pytest.mark.parametrize(
         "mutate, error, pattern",
         [
-            (lambda p, x: (p, {"inputs": x["input"]}), ml.KeyNotFoundError, "missing key 'input'.*did you mean 'inputs'"),
-            (lambda p, x: (p, {"input": x["input"][:, :5]}), ml.ShapeError, r"inputs\['input'\].*\[32, 20\], got \[32, 5\]"),
-            (lambda p, x: ({**p, "extra": p["linear_0.bias"]}, x), ml.KeyNotFoundError, "unknown key 'extra'"),
-            (lambda p, x: ({k: v for k, v in p.items() if "bias" not in k}, x), ml.KeyNotFoundError, "missing key 'linear_0.bias'"),
-            (lambda p, x: ({**p, "linear_1.bias": p["linear_1.bias"][:1]}, x), ml.ShapeError, r"linear_1.bias.*\[10\], got \[1\]"),
-            (lambda p, x: (p, {"input": x["input"].astype(np.float64)}), ml.DTypeMismatchError, "float32.*got float64"),
-            (lambda p, x: (p, {"input": x["input"].tolist()}), TypeError, "expected an array"),
-            (lambda p, x: ({**p, "input": x["input"]}, {}), ml.KeyNotFoundError, "'input' belongs in inputs"),
+            (lambda p, x: (p, {"inputs": x["input"]}), ml.KeyNotFoundError, "missing key 'input'.*did you mean 'inputs'"),  # noqa: E501
+            (lambda p, x: (p, {"input": x["input"][:, :5]}), ml.ShapeError, r"inputs\['input'\].*\[32, 20\], got \[32, 5\]"),  # noqa: E501
+            (lambda p, x: ({**p, "extra": p["linear_0.bias"]}, x), ml.KeyNotFoundError, "unknown key 'extra'"),  # noqa: E501
+            (lambda p, x: ({k: v for k, v in p.items() if "bias" not in k}, x), ml.KeyNotFoundError, "missing key 'linear_0.bias'"),  # noqa: E501
+            (lambda p, x: ({**p, "linear_1.bias": p["linear_1.bias"][:1]}, x), ml.ShapeError, r"linear_1.bias.*\[10\], got \[1\]"),  # noqa: E501
+            (lambda p, x: (p, {"input": x["input"].astype(np.float64)}), ml.DTypeMismatchError, "float32.*got float64"),  # noqa: E501
+            (lambda p, x: (p, {"input": x["input"].tolist()}), TypeError, "expected an array"),  # noqa: E501
+            (lambda p, x: ({**p, "input": x["input"]}, {}), ml.KeyNotFoundError, "'input' belongs in inputs"),  # noqa: E501
         ],
     )
     def test_bad_inputs(self, setup, mutate, error, pattern) -> None:  # type: ignore[no-untyped-def]
@@ -157,7 +157,9 @@ class TestEvaluateErrors:
         backend = ml.NumpyBackend()
         compiled = ml.compile(quickstart_mlp(), backend, shapes={"input": [2, 3]}, inference=True)
         with pytest.raises(ml.UnsupportedError, match="inference only"):
-            compiled.evaluate(compiled.randomize_params(), {"input": backend.randn(2, 3)}, {"output": backend.ones(2, 10)})
+            compiled.evaluate(
+                compiled.randomize_params(), {"input": backend.randn(2, 3)}, {"output": backend.ones(2, 10)}
+            )
 
 
 def test_generated_code_is_readable_and_written_to_file(tmp_path) -> None:  # type: ignore[no-untyped-def]

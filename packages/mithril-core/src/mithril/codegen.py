@@ -159,7 +159,9 @@ class PythonCodegen:
         items = ", ".join(f"{e.name!r}: {wrap(self.names[e])}" for e in self.graph.outputs)
         return "{" + items + "}"
 
-    def backward_lines(self, grad_edges: Sequence[Edge], grad_names: Sequence[str], zeros_like: str) -> tuple[list[str], str]:
+    def backward_lines(
+        self, grad_edges: Sequence[Edge], grad_names: Sequence[str], zeros_like: str
+    ) -> tuple[list[str], str]:
         """Reverse-mode code from the VJP table; returns the lines and the gradients dict expression."""
         assert self.vjps is not None
         needs = _depends_on_params(self.graph)
@@ -173,8 +175,8 @@ class PythonCodegen:
             args = self.args(node)
             for key, edge in node.outputs.items():
                 args[key] = self.names[edge]
-                gname = self._sum(contributions.get(edge, []), f"g_{self.names[edge]}", lines) if key in outs else "None"
-                args["g_" + key] = gname
+                parts = contributions.get(edge, [])
+                args["g_" + key] = self._sum(parts, f"g_{self.names[edge]}", lines) if key in outs else "None"
             args["g"] = args["g_" + next(iter(node.outputs))]
             rules = self.vjps.get(node.primitive, {})
             for key in wanted:
@@ -228,7 +230,8 @@ def _shape_check(var: str, edge: Edge) -> tuple[str, tuple[Any, ...]] | None:
     if var_at < 0:
         if all(v is not None for v in values):
             return f"{var}.shape", tuple(values)
-        exprs, expected = [f"len({var}.shape)"], [len(values)]
+        exprs: list[str] = [f"len({var}.shape)"]
+        expected: list[Any] = [len(values)]
         start = None
         for i, v in enumerate([*values, None]):
             if v is not None and start is None:

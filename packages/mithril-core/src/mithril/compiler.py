@@ -76,7 +76,9 @@ def _apply_shapes(graph: Graph, shapes: Mapping[str, Sequence[int | None]]) -> N
     with Transaction() as tx:
         for key, sizes in shapes.items():
             if key not in by_name:
-                raise KeyNotFoundError(f"ml.compile({owner}): unknown key {key!r} in shapes; keys are {sorted(by_name)}")
+                raise KeyNotFoundError(
+                    f"ml.compile({owner}): unknown key {key!r} in shapes; keys are {sorted(by_name)}"
+                )
             if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or not all(
                 s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 0) for s in sizes
             ):

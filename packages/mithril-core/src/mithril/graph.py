@@ -154,14 +154,14 @@ class _Flattener:
                     edge.role = "output"
                     edge.updates = node.inputs[node.op.state_updates[key]].name
         for name in outputs:
-            edge = by_name.get(name)
-            if edge is None or edge.producer is None:
+            found = by_name.get(name)
+            if found is None or found.producer is None:
                 produced = sorted(e.name for e in self.edges if e.producer is not None and e.user_named)
                 raise KeyNotFoundError(
                     f"{self.model.describe()}: output {name!r} is not produced by the model; "
                     f"choose from 'output' or the named keys {produced}"
                 )
-            edge.role = "output"
+            found.role = "output"
         nodes = _prune(_topological(self.model, self.nodes))
         live = {id(e) for n in nodes for e in [*n.inputs.values(), *n.outputs.values()]}
         self.edges = [e for e in self.edges if id(e) in live]

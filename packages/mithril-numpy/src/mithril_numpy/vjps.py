@@ -195,7 +195,9 @@ VJPS: dict[str, dict[str, OpImpl]] = {
     },
     "cross_entropy": {
         "input": keyword_call(
-            "_k.cross_entropy_grad", ("g", "input", "target"), ("weight", "ignore_index", "reduction", "label_smoothing")
+            "_k.cross_entropy_grad",
+            ("g", "input", "target"),
+            ("weight", "ignore_index", "reduction", "label_smoothing"),
         )
     },
 }

@@ -5,7 +5,7 @@ Argument names, defaults and parameter layouts follow the `torch.nn` namesakes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from . import rules
 from .base import Init, KeySpec, Operator
@@ -252,7 +252,8 @@ class Transpose(Operator):
     """Permute axes; reverses them when `axes` is None (numpy.transpose)."""
 
     def __init__(self, axes: Sequence[int] | None = None, *, name: str | None = None) -> None:
-        attrs = {"axes": None if axes is None else tuple(_axis("Transpose", axes) or ())}
+        checked = _axis("Transpose", axes)
+        attrs = {"axes": None if checked is None else (checked,) if isinstance(checked, int) else checked}
         super().__init__(
             "transpose", {"input": DATA}, {"input": ["...i"], "output": ["...o"]},
             attrs=attrs, rule=rules.transpose, name=name,
@@ -322,7 +323,9 @@ class Conv2d(Operator):
                 raise ValueError("Conv2d: padding='same' needs stride 1 (as in PyTorch)")
             totals = (dilation_[0] * (kh - 1), dilation_[1] * (kw - 1))
             if any(t % 2 for t in totals):
-                raise ValueError("Conv2d: padding='same' with an even kernel reach is not symmetric; give padding explicitly")
+                raise ValueError(
+                    "Conv2d: padding='same' with an even kernel reach is not symmetric; give padding explicitly"
+                )
             padding_ = (totals[0] // 2, totals[1] // 2)
         elif isinstance(padding, str):
             raise ValueError(f"Conv2d: padding must be an int, a pair, 'valid' or 'same'; got {padding!r}")
@@ -348,13 +351,15 @@ class Conv2d(Operator):
 class _Pool2d(Operator):
     def __init__(self, primitive: str, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
                  padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool,
-                 extra: dict[str, object], name: str | None) -> None:
+                 extra: Mapping[str, object], name: str | None) -> None:
         owner = type(self).__name__
         kernel = _pair(owner, "kernel_size", kernel_size, 1)
         stride_ = kernel if stride is None else _pair(owner, "stride", stride, 1)
         padding_ = _pair(owner, "padding", padding, 0)
         if padding_[0] > kernel[0] // 2 or padding_[1] > kernel[1] // 2:
-            raise ValueError(f"{owner}: padding {padding_} must be at most half of kernel_size {kernel} (as in PyTorch)")
+            raise ValueError(
+                f"{owner}: padding {padding_} must be at most half of kernel_size {kernel} (as in PyTorch)"
+            )
         attrs = {"kernel_size": kernel, "stride": stride_, "padding": padding_,
                  "dilation": _pair(owner, "dilation", dilation, 1), "ceil_mode": bool(ceil_mode), **extra}
         super().__init__(

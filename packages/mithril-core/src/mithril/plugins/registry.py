@@ -79,7 +79,7 @@ class Registry:
                 plugin = ep.load()
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
                 self._failures[ep.name] = BackendInfo(
-                    ep.name, None, ep.value, ep.name, *dist_info, error=f"{type(exc).__name__}: {exc}"
+                    ep.name, None, ep.value, ep.name, dist_info[0], dist_info[1], f"{type(exc).__name__}: {exc}"
                 )
                 continue
             self._register(plugin, ep.name, dist_info)
@@ -88,7 +88,7 @@ class Registry:
         """Register a plugin object by hand (used when autoloading is disabled, and in tests)."""
         with self._lock:
             self.manager  # noqa: B018 - make sure the manager exists
-            self._register(plugin, name or getattr(plugin, "__name__", repr(plugin)), (None, None))
+            self._register(plugin, name or str(getattr(plugin, "__name__", repr(plugin))), (None, None))
 
     def _register(self, plugin: object, name: str, dist: tuple[str | None, str | None]) -> None:
         assert self._pm is not None

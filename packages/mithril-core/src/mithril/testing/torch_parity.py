@@ -14,13 +14,13 @@ import numpy as np
 from .. import compiler
 from ..backend import Backend
 from ..models import (
+    GELU,
     AvgPool2d,
     BatchNorm2d,
     Conv2d,
     CrossEntropyLoss,
     Embedding,
     Flatten,
-    GELU,
     LayerNorm,
     LeakyRelu,
     Linear,
@@ -162,12 +162,13 @@ def check_torch_parity(case: ParityCase, backend: Backend, *, training: bool = T
     if compiled.state_keys:
         compiled.state = {k: backend.array(state_dict[to_torch[k]].numpy()) for k in compiled.state_keys}
 
-    x = rng.standard_normal(case.shapes["input"])
+    x: np.ndarray = rng.standard_normal(case.shapes["input"])
     if case.name == "Embedding":
         x = rng.integers(0, case.target_classes or 1, case.shapes["input"])
     inputs = {"input": x}
     torch_args = [torch.tensor(x, requires_grad=case.name != "Embedding")]
     if "target" in case.shapes:
+        target: np.ndarray
         if case.float_target:
             target = rng.standard_normal(case.shapes["target"])
         else:
