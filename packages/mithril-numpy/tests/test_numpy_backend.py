@@ -7,20 +7,12 @@ import pytest
 
 import mithril as ml
 from mithril.models import Linear, Model, Relu
-from mithril.testing import CASES, Case, check_case, finite_difference, test_dtype
+from mithril.testing import CASES, Case, finite_difference
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_gradients_match_finite_differences(case: Case) -> None:
     finite_difference(case, ml.NumpyBackend(dtype=ml.float64))
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_dtype_under_test_matches_float64_reference(case: Case) -> None:
-    dtype = test_dtype()
-    if dtype not in ml.NumpyBackend.supported_dtypes:
-        pytest.skip(f"NumPy has no {dtype.name}")
-    check_case(case, ml.NumpyBackend(dtype=dtype), ml.NumpyBackend(dtype=ml.float64))
 
 
 def quickstart_mlp() -> Model:

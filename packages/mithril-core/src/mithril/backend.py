@@ -89,6 +89,10 @@ class Backend:
                 f"{cls.__name__}: unknown option(s) {sorted(unknown)}; valid options are {valid}"
             )
 
+    def supports(self, primitive: str) -> bool:
+        """Whether `primitive` can be compiled on this backend (the conformance kit asks)."""
+        return primitive in self.op_table()
+
     def op_table(self) -> dict[str, OpImpl]:
         """This backend's ops plus the ones op-pack plugins add or override."""
         from .plugins import registry  # noqa: PLC0415 - avoid a cycle at import

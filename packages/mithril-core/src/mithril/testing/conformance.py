@@ -1,0 +1,153 @@
+"""The backend conformance suite as a pytest test class.
+
+A backend package runs it from its own tests:
+
+    from mithril.testing.conformance import BackendConformance
+
+    class TestConformance(BackendConformance):
+        backend_name = "mybackend"
+
+Every primitive case and every torch-parity case runs against the float64 NumPy
+reference (forward; backward when the backend declares gradient support), with
+dtype-aware tolerances; plus argument errors, dtype handling, seeded RNG and
+parameter exchange. Capabilities a backend declares it lacks must fail at compile
+time with UnsupportedError, and that is checked too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .. import compiler, dtypes
+from ..backend import Backend
+from ..errors import DTypeMismatchError, KeyNotFoundError, ShapeError, UnsupportedError
+from ..graph import flatten
+from ..models import Linear, Model, Relu
+from ..plugins import registry
+from . import CASES, Case, check_case, test_dtype
+from .torch_parity import PARITY_CASES, ParityCase, check_torch_parity
+
+__all__ = ["BackendConformance"]
+
+
+def _mlp() -> Model:
+    model = Model()
+    model |= Linear(8)
+    model += Relu()
+    model += Linear(3)
+    return model
+
+
+class BackendConformance:
+    """Subclass with `backend_name` set; override `backend_options` for extra constructor arguments."""
+
+    backend_name: str = ""
+    backend_options: dict[str, Any] = {}
+
+    # -- helpers ---------------------------------------------------------------------
+    def backend_class(self) -> type[Backend]:
+        return registry.backend_class(self.backend_name)
+
+    def dtype(self) -> dtypes.DType:
+        dtype = test_dtype(dtypes.float64 if dtypes.float64 in self.backend_class().supported_dtypes
+                           else dtypes.float32)
+        if dtype not in self.backend_class().supported_dtypes:
+            pytest.skip(f"backend {self.backend_name!r} does not support {dtype.name}")
+        return dtype
+
+    def make(self, dtype: dtypes.DType | None = None) -> Backend:
+        return self.backend_class()(dtype=dtype or self.dtype(), **self.backend_options)
+
+    def reference(self) -> Backend:
+        return registry.backend_class("numpy")(dtype=dtypes.float64)
+
+    # -- primitives and layers -------------------------------------------------------------
+    @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+    def test_primitive_matches_reference(self, case: Case) -> None:
+        backend = self.make()
+        if not backend.supports(case.primitive):
+            with pytest.raises(UnsupportedError, match=case.primitive):
+                compiler.compile(case.build(), backend, shapes=case.shapes)
+            return
+        check_case(case, backend, self.reference(), grads=backend.supports_gradients)
+
+    @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+    @pytest.mark.parametrize("case", PARITY_CASES, ids=lambda c: c.name)
+    def test_layer_matches_torch(self, case: ParityCase, training: bool) -> None:
+        pytest.importorskip("torch")
+        backend = self.make()
+        if backend.dtype not in (dtypes.float32, dtypes.float64):
+            pytest.skip("torch parity is checked in float32 and float64")
+        if training and not backend.supports_gradients:
+            pytest.skip(f"backend {self.backend_name!r} declares no gradient support")
+        graph = flatten(case.build(), inference=not training)
+        missing = sorted({n.primitive for n in graph.nodes if not backend.supports(n.primitive)})
+        if missing:
+            with pytest.raises(UnsupportedError):
+                compiler.compile(case.build(), backend, shapes=case.shapes, inference=not training)
+            return
+        check_torch_parity(case, backend, training=training)
+
+    # -- behaviour -------------------------------------------------------------------------
+    def test_gradients_capability(self) -> None:
+        backend = self.make()
+        compiled = compiler.compile(_mlp(), backend, shapes={"input": [4, 5]})
+        params = compiled.randomize_params(seed=0)
+        x = {"input": backend.randn(4, 5)}
+        out = compiled.evaluate(params, x)["output"]
+        g = {"output": backend.ones(*np.shape(backend.to_numpy(out)))}
+        if backend.supports_gradients:
+            _, grads = compiled.evaluate(params, x, g)
+            assert list(grads) == list(params)
+        else:
+            with pytest.raises(UnsupportedError):
+                compiled.evaluate(params, x, g)
+
+    def test_unsupported_dtypes_are_refused(self) -> None:
+        for dtype in dtypes.FLOAT_DTYPES:
+            if dtype not in self.backend_class().supported_dtypes:
+                with pytest.raises(TypeError, match=dtype.name):
+                    self.backend_class()(dtype=dtype, **self.backend_options)
+
+    def test_argument_errors_name_the_key(self) -> None:
+        backend = self.make()
+        compiled = compiler.compile(_mlp(), backend, shapes={"input": [4, 5]})
+        params = compiled.randomize_params(seed=0)
+        with pytest.raises(ShapeError, match=r"inputs\['input'\]"):
+            compiled.evaluate(params, {"input": backend.randn(4, 6)})
+        with pytest.raises(KeyNotFoundError, match="linear_0.weight"):
+            partial = {k: v for k, v in params.items() if k != "linear_0.weight"}
+            compiled.evaluate(partial, {"input": backend.randn(4, 5)})
+        other = next((d for d in (dtypes.float64, dtypes.float32) if d is not backend.dtype), None)
+        if other is not None:
+            wrong = backend.array(np.zeros((4, 5)), dtype=other)
+            with pytest.raises(DTypeMismatchError, match=backend.dtype.name):
+                compiled.evaluate(params, {"input": wrong})
+        assert compiled.evaluate(params, {"input": backend.randn(4, 5)})["output"].shape == (4, 3)
+
+    def test_helpers_use_the_backend_dtype(self) -> None:
+        backend = self.make()
+        for make in (backend.randn, backend.rand, backend.ones, backend.zeros):
+            assert backend.dtype_of(make(2, 3)) is backend.dtype
+        assert backend.dtype_of(backend.array(np.ones((2, 2)))) is backend.dtype
+
+    def test_seeded_rng_is_reproducible(self) -> None:
+        backend = self.make()
+        backend.set_seed(123)
+        first = backend.to_numpy(backend.randn(3, 4))
+        backend.set_seed(123)
+        np.testing.assert_array_equal(first, backend.to_numpy(backend.randn(3, 4)))
+        assert not np.array_equal(first, backend.to_numpy(backend.randn(3, 4)))
+
+    def test_parameter_exchange_through_numpy(self) -> None:
+        backend = self.make()
+        reference = self.reference()
+        compiled = compiler.compile(_mlp(), reference, shapes={"input": [4, 5]})
+        params = compiled.randomize_params(seed=1)
+        moved = {k: backend.array(v) for k, v in params.items()}
+        rtol = 1e-12 if backend.dtype is dtypes.float64 else 1e-2
+        for key, value in moved.items():
+            np.testing.assert_allclose(np.asarray(backend.to_numpy(value), np.float64), params[key], rtol=rtol)
