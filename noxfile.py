@@ -2,10 +2,10 @@
 typecheck and benchmarks.
 
 `nox -l` lists every session; plain `nox` runs the CPU test matrix, `integration`, `plugins`,
-`lint` and `typecheck`. Test cells of one backend share one virtual environment (in nox's shared cache
-folder, `.nox/.cache/venvs/<backend>-<hardware>`), installed once and reused across the dtype
-cells of a run and across runs while the requirements, the constraints and the installed
-packages' pyproject.toml files are unchanged; `rm -rf .nox` forces a fresh install.
+`lint` and `typecheck`. The test cells of one backend share one virtual environment, in nox's
+shared cache folder (`.nox/.cache/venvs/<backend>-<hardware>`): it is installed once and reused
+across the dtype cells of a run, and across runs while the requirements, the constraints and the
+installed packages' pyproject.toml files are unchanged; `rm -rf .nox` forces a fresh install.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ FRAMEWORKS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 # Proof, run inside a cuda cell's environment, that the framework itself sees the GPU.
 CUDA_PROBES = {
-    "torch": "import torch; assert torch.cuda.is_available(), 'torch.cuda.is_available() is False'",
+    "torch": "import torch; assert torch.cuda.is_available(), f'torch {torch.__version__} sees no CUDA device'",
     "jax": "import jax; print(jax.devices('gpu'))",
 }
 # The NumPy backend is the reference semantics the other plugins' tests compare against, so
