@@ -259,10 +259,35 @@ def _depends_on_params(graph: Graph) -> set[Edge]:
     return needs
 
 
+_IDENT = re.compile(r"\b[A-Za-z_]\w*\b")
+
+
+def free_after_last_use(lines: Sequence[str], candidates: set[str], keep: set[str]) -> list[str]:
+    """Insert `del` statements right after each candidate's last use, so arrays die as early as possible.
+
+    `lines` must be top-level statements; names in `keep` (returned values) are never deleted.
+    """
+    last: dict[str, int] = {}
+    for index, line in enumerate(lines):
+        for name in _IDENT.findall(line):
+            if name in candidates and name not in keep:
+                last[name] = index
+    by_line: dict[int, list[str]] = {}
+    for name, index in last.items():
+        by_line.setdefault(index, []).append(name)
+    out: list[str] = []
+    for index, line in enumerate(lines):
+        out.append(line)
+        if index in by_line:
+            out.append("del " + ", ".join(sorted(by_line[index])))
+    return out
+
+
 def forward_function(gen: PythonCodegen, diagnose: str) -> str:
     """Source of `forward(params, inputs)`: checks, the ops in order, the outputs dict."""
-    body = [*gen.load_lines(diagnose), *gen.forward_lines(), f"return {gen.outputs_expr()}"]
-    return function("forward", "params, inputs", body)
+    internal = {gen.names[e] for e in gen.graph.edges if e.role == "internal"}
+    body = free_after_last_use(gen.forward_lines(), internal, {gen.names[e] for e in gen.graph.outputs})
+    return function("forward", "params, inputs", [*gen.load_lines(diagnose), *body, f"return {gen.outputs_expr()}"])
 
 
 def vjp_functions(
@@ -281,10 +306,16 @@ def vjp_functions(
         f"if len(output_gradients) != {len(grad_edges)}:",
         f"    return {partial}(params, inputs, output_gradients)",
     ]
+    internal = {gen.names[e] for e in gen.graph.edges if e.role == "internal"}
+    temporaries = {name for line in back for name in _IDENT.findall(line.split("=", 1)[0])}
+    keep = set(_IDENT.findall(grads)) | {gen.names[e] for e in gen.graph.outputs}
+    freed = free_after_last_use([*body, "# backward", *back], internal | temporaries, keep)
+    split = freed.index("# backward")
+    body, back = freed[:split], freed[split + 1 :]
+    checks = gen.grad_check_lines(grad_edges, grad_names, diagnose)
     forward_backward = function(
         "forward_backward",
         "params, inputs, output_gradients",
-        [*head, *load, *body, *gen.grad_check_lines(grad_edges, grad_names, diagnose), *back,
-         f"return {gen.outputs_expr()}, {grads}"],
+        [*head, *load, *body, *checks, *back, f"return {gen.outputs_expr()}, {grads}"],
     )
     return forward + "\n\n" + forward_backward
