@@ -1,4 +1,4 @@
-"""Per-call cost of the compiled quick start MLP on the PyTorch backend against hand-written torch."""
+"""Per-call cost of the compiled quick start MLP and CNN on the PyTorch backend against hand-written torch."""
 
 from __future__ import annotations
 
@@ -53,11 +53,52 @@ def mlp_rows() -> list[Row]:
     ]
 
 
+def cnn_rows() -> list[Row]:
+    """The quick start CNN in training mode (batch statistics, running statistics updated), batch 32, 3x32x32."""
+    import mithril as ml
+    from mithril.testing.torch_parity import quickstart_cnn
+
+    backend = ml.TorchBackend(dtype=ml.float32)
+    compiled = ml.compile(quickstart_cnn(), backend, shapes={"input": [32, 3, 32, 32]})
+    params = compiled.randomize_params(seed=0)
+    x = backend.randn(32, 3, 32, 32)
+    g = backend.ones(32, 10)
+    inputs, grads = {"input": x}, {"output": g}
+    keys = list(params)
+    leaves = tuple(params[k].detach().clone().requires_grad_() for k in keys)
+    stats = [backend.zeros(16), backend.ones(16), backend.zeros(32), backend.ones(32)]
+
+    def network(p: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        cw1, cb1, bw1, bb1, cw2, cb2, bw2, bb2, lw1, lb1, lw2, lb2 = p
+        h = F.conv2d(x, cw1, cb1, 1, 1)
+        h = F.max_pool2d(torch.relu(F.batch_norm(h, stats[0], stats[1], bw1, bb1, True, 0.1, 1e-5)), 2)
+        h = F.conv2d(h, cw2, cb2, 1, 1)
+        h = F.max_pool2d(torch.relu(F.batch_norm(h, stats[2], stats[3], bw2, bb2, True, 0.1, 1e-5)), 2)
+        return F.linear(torch.relu(F.linear(torch.flatten(h, 1), lw1, lb1)), lw2, lb2)
+
+    values = tuple(params[k] for k in keys)
+
+    def hand_forward() -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {"output": network(values)}
+
+    def hand_backward() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        out = network(leaves)
+        return {"output": out.detach()}, dict(zip(keys, torch.autograd.grad((out,), leaves, (g,), allow_unused=True)))
+
+    fwd = compare(lambda: compiled.evaluate(params, inputs), hand_forward)
+    bwd = compare(lambda: compiled.evaluate(params, inputs, grads), hand_backward)
+    return [
+        ("CNN 3x32x32, batch 32, train: forward", *fwd, 1.05),
+        ("CNN 3x32x32, batch 32, train: forward+backward", *bwd, 1.05),
+    ]
+
+
 def main() -> None:
     t0 = time.perf_counter()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print_table("PyTorch backend vs hand-written torch (float32, cpu, single thread)", mlp_rows())
+    print_table("PyTorch backend vs hand-written torch (float32, cpu, single thread)", mlp_rows() + cnn_rows())
     print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f} s")
 
 

@@ -91,6 +91,46 @@ def test_quickstart_pytorch_gradients_and_training_loop(capsys: pytest.CaptureFi
     assert "Epoch 5/5" in capsys.readouterr().out
 
 
+def test_quickstart_cnn_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    from mithril.models import BatchNorm2d, Conv2d, Flatten, MaxPool2d  # noqa: PLC0415
+
+    torch_backend = ml.TorchBackend(dtype=ml.float32)
+
+    # -- Building a More Complex Model (as written) --
+    cnn = Model()
+    cnn |= Conv2d(in_channels=3, out_channels=16, kernel_size=3, padding=1)(
+        input="input", output="conv1"
+    )
+    cnn += BatchNorm2d(num_features=16)(input="conv1", output="bn1")
+    cnn += Relu()(input="bn1", output="relu1")
+    cnn += MaxPool2d(kernel_size=2)(input="relu1", output="pool1")
+    cnn += Conv2d(in_channels=16, out_channels=32, kernel_size=3, padding=1)(
+        input="pool1", output="conv2"
+    )
+    cnn += BatchNorm2d(num_features=32)(input="conv2", output="bn2")
+    cnn += Relu()(input="bn2", output="relu2")
+    cnn += MaxPool2d(kernel_size=2)(input="relu2", output="pool2")
+    cnn += Flatten()(input="pool2", output="flat")
+    cnn += Linear(dimension=128)(input="flat", output="fc1")
+    cnn += Relu()(input="fc1", output="relu3")
+    cnn += Linear(dimension=10)(input="relu3", output="output")
+    torch_cnn = ml.compile(
+        model=cnn,
+        backend=torch_backend,
+        shapes={"input": [32, 3, 32, 32]},  # CIFAR-10 sized images
+    )
+    cnn_params = torch_cnn.randomize_params()
+    cnn_inputs = {"input": torch_backend.randn(32, 3, 32, 32)}
+    cnn_outputs = torch_cnn.evaluate(cnn_params, cnn_inputs)
+    print(f"CNN output shape: {cnn_outputs['output'].shape}")  # [32, 10]
+
+    assert list(cnn_outputs["output"].shape) == [32, 10]
+    assert "CNN output shape: torch.Size([32, 10])" in capsys.readouterr().out
+    assert torch_cnn.state is not None and float(torch_cnn.state["batchnorm2d_0.running_var"].sum()) != 16.0
+    _, grads = torch_cnn.evaluate(cnn_params, cnn_inputs, {"output": torch_backend.ones(32, 10)})
+    assert set(grads) == set(cnn_params) and all(g.shape == cnn_params[k].shape for k, g in grads.items())
+
+
 def test_quickstart_parameter_exchange_to_numpy_and_jax() -> None:
     jnp = pytest.importorskip("jax.numpy")
     torch_backend = ml.TorchBackend(dtype=ml.float32)

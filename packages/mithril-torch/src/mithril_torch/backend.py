@@ -68,10 +68,10 @@ class TorchBackend(Backend):
         if device not in devices:
             raise ValueError(f"TorchBackend: device {device!r} is not available; available devices: {devices}")
         super().__init__(dtype, device)
-        self._device = torch.device(device)
+        self._device = _indexed(torch.device(device))
         self._native = _NATIVE[self.dtype]
-        self._generator = torch.Generator(device=self._device)
-        self._generator.seed()
+        self.generator = torch.Generator(device=self._device)
+        self.generator.seed()
 
     # -- dtypes ----------------------------------------------------------------------
     def native_dtype(self, dtype: DType) -> torch.dtype:
@@ -85,6 +85,20 @@ class TorchBackend(Backend):
 
     def _dtype(self, dtype: DType | None) -> torch.dtype:
         return self._native if dtype is None else _NATIVE[as_dtype(dtype)]
+
+    def extra_checks(self, var: str) -> list[tuple[str, Any]]:
+        """The generated argument check also compares each tensor's device with the backend's."""
+        return [(f"{var}.device", self._device)]
+
+    def array_problem(self, array: Any) -> str | None:
+        """A tensor on another device than the backend's, named with both devices."""
+        device = getattr(array, "device", None)
+        if isinstance(device, torch.device) and device != self._device:
+            return (
+                f"tensor is on device {str(device)!r}, expected {str(self._device)!r} (the backend's device); "
+                f"move it with backend.array(...) or .to({str(self._device)!r})"
+            )
+        return None
 
     # -- array helpers ---------------------------------------------------------------
     def array(self, data: Any, dtype: DType | None = None) -> torch.Tensor:
@@ -115,13 +129,13 @@ class TorchBackend(Backend):
         return tensor.cpu().numpy()
 
     def set_seed(self, seed: int) -> None:
-        self._generator.manual_seed(seed)
+        self.generator.manual_seed(seed)
 
     def randn(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
-        return torch.randn(shape, generator=self._generator, dtype=self._dtype(dtype), device=self._device)
+        return torch.randn(shape, generator=self.generator, dtype=self._dtype(dtype), device=self._device)
 
     def rand(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
-        return torch.rand(shape, generator=self._generator, dtype=self._dtype(dtype), device=self._device)
+        return torch.rand(shape, generator=self.generator, dtype=self._dtype(dtype), device=self._device)
 
     def ones(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
         return torch.ones(shape, dtype=self._dtype(dtype), device=self._device)
@@ -180,6 +194,14 @@ class TorchBackend(Backend):
         if compile_options and not options.jit:
             raise TypeError("ml.compile: compile_options are torch.compile arguments and need jit=True")
         return TorchProgram(self, graph, options, compile_options)
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """The device as tensors report it: "cuda" becomes the current cuda:N, "mps" becomes mps:0."""
+    if device.index is not None or device.type == "cpu":
+        return device
+    index = torch.cuda.current_device() if device.type == "cuda" else 0
+    return torch.device(device.type, index)
 
 
 def _dims(x: torch.Tensor, axis: int | tuple[int, ...] | None) -> int | tuple[int, ...]:

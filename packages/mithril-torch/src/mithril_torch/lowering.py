@@ -30,7 +30,10 @@ __all__ = ["TorchProgram"]
 
 
 class TorchProgram(Program):
-    """Generated `forward` and `forward_backward`; other output subsets are built on demand."""
+    """Generated `forward` and `forward_backward` (gradients given for every differentiable output).
+
+    Other output subsets, e.g. the logits alone of a model that also returns a loss, are built on demand.
+    """
 
     def __init__(
         self, backend: TorchBackend, graph: Graph, options: CompileOptions, compile_options: Mapping[str, Any]
@@ -45,6 +48,7 @@ class TorchProgram(Program):
             "_set_grad": torch._C._set_grad_enabled,
             "_zeros_like": torch.zeros_like,
             "_torch_compile": torch.compile,
+            "_generator": backend.generator,
         }
         self.gen = PythonCodegen(graph, backend, backend.op_table(), namespace)
         self.diagnose = self.gen.constant(make_diagnose(graph, backend), "diagnose")
@@ -56,7 +60,8 @@ class TorchProgram(Program):
             *self.gen.load_lines(self.diagnose), *self._run(False), f"return {self.gen.outputs_expr()}"
         ]))
         if not options.inference:
-            sources.append(self._forward_backward_source(graph.outputs, partial=True))
+            differentiable = [e for e in graph.outputs if _differentiable(e)]
+            sources.append(self._forward_backward_source(differentiable, partial=True))
         self.source = "\n\n".join(sources)
         built = self.gen.build(self.source, options.file_path)
         if options.jit:
@@ -77,11 +82,32 @@ class TorchProgram(Program):
     def _ops_lines(self) -> list[str]:
         """The ops inline, or one call of the compiled `_core` under jit."""
         if not self.options.jit:
-            return self.gen.forward_lines()
+            return self._eager_lines()
         g = self.gen
         args = ", ".join(g.names[e] for e in [*self.graph.params, *self.graph.inputs])
         outs = ", ".join(g.names[e] for e in self.graph.outputs)
         return [f"{outs}, = _core({args})"]
+
+    def _eager_lines(self) -> list[str]:
+        """The ops in order, each intermediate deleted after its last use.
+
+        Freeing intermediates as early as hand-written code does keeps the working set
+        small: the allocator hands the same, cache-warm memory to the next op.
+        """
+        g = self.gen
+        outputs = set(self.graph.outputs)
+        last: dict[Edge, int] = {}
+        for index, node in enumerate(self.graph.nodes):
+            for edge in [*node.inputs.values(), *node.outputs.values()]:
+                if edge.producer is not None and edge not in outputs:
+                    last[edge] = index
+        lines = []
+        for index, node in enumerate(self.graph.nodes):
+            lines += g.forward_lines([node])
+            dead = sorted({g.names[e] for e, at in last.items() if at == index})
+            if dead:
+                lines.append(f"del {', '.join(dead)}")
+        return lines
 
     def _run(self, grad_mode: bool) -> list[str]:
         """The ops with torch grad mode set to `grad_mode`, restored afterwards even on error."""
@@ -150,6 +176,15 @@ class TorchProgram(Program):
         return fn(params, inputs, output_gradients)
 
 
+def _differentiable(edge: Edge) -> bool:
+    """Whether an edge can carry a gradient (not an updated running statistic or a dropout mask)."""
+    node = edge.producer
+    if node is None:
+        return True
+    key = next(k for k, e in node.outputs.items() if e is edge)
+    return (node.primitive, key) not in ops.NON_DIFFERENTIABLE
+
+
 def _ancestors(graph: Graph, edges: Sequence[Edge]) -> set[Edge]:
     """Every edge that `edges` are computed from (through float values), and `edges` themselves."""
     seen = set(edges)
@@ -160,9 +195,12 @@ def _ancestors(graph: Graph, edges: Sequence[Edge]) -> set[Edge]:
 
 
 def _descendants(graph: Graph, edges: Sequence[Edge]) -> set[Edge]:
-    """Every float edge computed from `edges`, and `edges` themselves."""
+    """Every float edge differentiably computed from `edges`, and `edges` themselves.
+
+    Updated running statistics and dropout masks are left out: they never require grad.
+    """
     seen = set(edges)
     for node in graph.nodes:
         if any(e in seen for e in node.inputs.values()):
-            seen.update(e for e in node.outputs.values() if e.kind == "float")
+            seen.update(e for e in node.outputs.values() if e.kind == "float" and _differentiable(e))
     return seen
