@@ -173,3 +173,27 @@ def test_gradients_for_a_subset_of_outputs() -> None:
     _, grads = compiled.evaluate(params, {"input": x}, {"b": backend.ones(4, 2)})
     assert not grads["linear_0.weight"].any()
     np.testing.assert_allclose(grads["linear_1.bias"], np.full(2, 4.0))
+
+
+def test_dropout_training_and_inference() -> None:
+    from mithril.models import Dropout
+
+    model = Model()
+    model |= Linear(50)
+    model += Dropout(0.3)
+    backend = ml.NumpyBackend(dtype=ml.float64)
+    train = ml.compile(model, backend, shapes={"input": [2, 40]})
+    params = train.randomize_params(seed=0)
+    x = {"input": backend.randn(2, 40)}
+    backend.set_seed(4)
+    a = train.evaluate(params, x)["output"]
+    backend.set_seed(4)
+    np.testing.assert_array_equal(a, train.evaluate(params, x)["output"])
+    assert abs((a == 0).mean() - 0.3) < 0.15
+    full = ml.compile(model, backend, shapes={"input": [2, 40]}, inference=True)
+    dense = full.evaluate(params, x)["output"]
+    kept = a != 0
+    np.testing.assert_allclose(a[kept], dense[kept] / 0.7)
+    assert dense.shape == (2, 50)
+    with pytest.raises(ml.KeyNotFoundError, match="'dropout_0.mask'"):
+        ml.compile(model, backend, shapes={"input": [2, 40]}, inference=True, outputs=["dropout_0.mask"])

@@ -113,7 +113,7 @@ class _Flattener:
         if self.inference and op.inference is not None:
             primitive, kept = op.inference
             ins = {k: e for k, e in ins.items() if k in kept}
-            outs = {k: e for k, e in outs.items() if k not in op.state_updates}
+            outs = {k: e for k, e in outs.items() if k == op.canonical_output}
         node = Node(op, path, ins, outs, primitive, dict(op.attrs))
         for key, edge in ins.items():
             edge.consumers.append((node, key))

@@ -126,7 +126,8 @@ class Operator(BaseModel):
         self.primitive = primitive
         # output key -> the state input key it holds the new value of (training mode only)
         self.state_updates: dict[str, str] = dict(state_updates or {})
-        # (primitive, input keys it keeps) used when compiling with inference=True
+        # (primitive, input keys it keeps) used when compiling with inference=True; the inference
+        # form produces only the canonical output
         self.inference = inference
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.input_specs: dict[str, KeySpec] = dict(inputs)
