@@ -82,18 +82,6 @@ def pool(fn: str, attrs: tuple[str, ...]) -> OpImpl:
     return emit
 
 
-def identity(node: Node, a: Mapping[str, str]) -> str:
-    """The input itself; as dropout's inference form the node may keep the mask output, which is then all ones.
-
-    The core leaves dropout's `mask` on the inference node; an unused mask becomes None, a used one ones.
-    """
-    extra = [e for k, e in node.outputs.items() if k != "output"]
-    if not extra:
-        return a["input"]
-    masks = [f"torch.ones_like({a['input']})" if e.role == "output" or e.consumers else "None" for e in extra]
-    return ", ".join([a["input"], *masks])
-
-
 def batch_norm(node: Node, a: Mapping[str, str]) -> str:
     """Training batch norm: F.batch_norm alone without running statistics, else the state-updating helper."""
     eps, momentum = node.attrs["eps"], node.attrs["momentum"]
@@ -161,7 +149,7 @@ OPS: dict[str, OpImpl] = {
     "transpose": transpose,
     "reshape": "torch.reshape({input}, {shape})",
     "flatten": "torch.flatten({input}, {start_dim}, {end_dim})",
-    "identity": identity,
+    "identity": "{input}",
     "conv2d": keyword_call("F.conv2d", ("input", "weight", "bias"), ("stride", "padding", "dilation", "groups")),
     "max_pool2d": pool("max_pool2d", (*POOL_ATTRS, "dilation", "ceil_mode")),
     "avg_pool2d": pool("avg_pool2d", (*POOL_ATTRS, "ceil_mode", "count_include_pad", "divisor_override")),
