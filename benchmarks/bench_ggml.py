@@ -1,0 +1,89 @@
+"""Per-call cost of compiled models on the GGML backend against the NumPy backend, and of quantized weights."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import compare, print_table  # noqa: E402
+
+Row = tuple[str, float, float, float, "float | None"]
+
+
+def mlp(sizes: list[int]):  # type: ignore[no-untyped-def]
+    from mithril.models import Linear, Model, Relu
+
+    model = Model()
+    model |= Linear(dimension=sizes[0])
+    for size in sizes[1:]:
+        model += Relu()
+        model += Linear(dimension=size)
+    return model
+
+
+def small_rows() -> list[Row]:
+    """The quick start MLP (20-64-10) at batch 32: float32 GGML against the NumPy backend."""
+    import mithril as ml
+
+    model = mlp([64, 10])
+    numpy = ml.compile(model, ml.NumpyBackend(), shapes={"input": [32, 20]})
+    params = numpy.randomize_params(seed=0)
+    x = {"input": ml.NumpyBackend().randn(32, 20)}
+    rows: list[Row] = []
+    for threads in (None, 1, 2):
+        ggml = ml.compile(model, ml.GGMLBackend(n_threads=threads), shapes={"input": [32, 20]})
+        label = "auto" if threads is None else str(threads)
+        rows.append((f"MLP 20-64-10 b32 fwd, ggml f32 ({label} thr)", *compare(
+            lambda g=ggml: g.evaluate(params, x), lambda: numpy.evaluate(params, x)), 1.0 if threads is None else None))
+    ggml = ml.compile(model, ml.GGMLBackend(), shapes={"input": [32, 20]})
+    grads = {"output": ml.NumpyBackend().randn(32, 10)}
+    rows.append(("MLP 20-64-10 b32 fwd+bwd, ggml f32", *compare(
+        lambda: ggml.evaluate(params, x, grads), lambda: numpy.evaluate(params, x, grads)), None))
+    return rows
+
+
+def memory_bound_rows(threads: int | None) -> list[Row]:
+    """Three 4096x4096 layers at batch 1: weight reads dominate, so smaller weights should win."""
+    import mithril as ml
+
+    model = mlp([4096, 4096, 4096])
+    numpy = ml.compile(model, ml.NumpyBackend(), shapes={"input": [1, 4096]}, inference=True)
+    params = numpy.randomize_params(seed=1)
+    x = {"input": ml.NumpyBackend().randn(1, 4096)}
+    runs = {}
+    for mode in (None, "float16", "int8", "int4"):
+        backend = ml.GGMLBackend(quantize=mode, n_threads=threads)
+        compiled = ml.compile(model, backend, shapes={"input": [1, 4096]}, static_inference=True)
+        start = time.perf_counter()
+        compiled.evaluate(params, x)
+        print(f"first call with quantize={mode!r} (converts the weights once): {time.perf_counter() - start:.3f} s")
+        runs[mode] = lambda c=compiled: c.evaluate(params, x)
+    ref = lambda: numpy.evaluate(params, x)  # noqa: E731
+    return [
+        ("4096^2 x3 b1: ggml f32 vs numpy", *compare(runs[None], ref), None),
+        ("4096^2 x3 b1: ggml float16 vs ggml f32", *compare(runs["float16"], runs[None]), None),
+        ("4096^2 x3 b1: ggml int8 vs ggml f32", *compare(runs["int8"], runs[None]), 0.5),
+        ("4096^2 x3 b1: ggml int4 vs ggml int8", *compare(runs["int4"], runs["int8"]), 1.0),
+        ("4096^2 x3 b1: ggml int8 vs numpy", *compare(runs["int8"], ref), None),
+        ("4096^2 x3 b1: ggml int4 vs numpy", *compare(runs["int4"], ref), None),
+    ]
+
+
+def main() -> None:
+    t0 = time.perf_counter()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"GGML backend benchmark, {cores} available cores")
+    print_table("Small MLP: GGML float32 vs NumPy backend (ratio < 1: GGML faster)", small_rows())
+    for threads in (1, None):
+        label = "all cores" if threads is None else f"{threads} thread"
+        print_table(f"Memory-bound MLP, {label}: quantized weights (ratio = first / second)",
+                    memory_bound_rows(threads))
+    print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
