@@ -208,8 +208,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """Mypy on the core (settings in pyproject.toml: untyped definitions are errors)."""
-    session.install(*_pip_options(), "mypy", *_editable(PACKAGES / "mithril-core"))
+    """Mypy on the core and its test kit (settings in pyproject.toml: untyped definitions are errors)."""
+    session.install(*_pip_options(), "mypy", "-e", f"{PACKAGES / 'mithril-core'}[test]")
     session.run("mypy", "packages/mithril-core/src", *session.posargs)
 
 
