@@ -15,6 +15,7 @@ from jax_test_helpers import quickstart_mlp
 
 import mithril as ml
 from mithril.models import Linear, Model, Relu
+from mithril.testing.torch_parity import quickstart_cnn
 
 assert jax.device_count("cpu") == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
 
@@ -123,3 +124,22 @@ def test_bad_shardings(shardings: dict[str, Any], error: type[Exception], patter
     backend = ml.JaxBackend(device_mesh=(2, 4))
     with pytest.raises(error, match=pattern):
         ml.compile(quickstart_mlp(), backend, shapes={"input": [8, 20]}, shardings=shardings)
+
+
+def test_cnn_with_batch_norm_state_on_eight_cpu_devices() -> None:
+    shapes = {"input": [16, 3, 8, 8]}
+    single, meshed = ml.JaxBackend(), ml.JaxBackend(device_mesh=(8,))
+    reference = ml.compile(quickstart_cnn(), single, shapes=shapes)
+    compiled = ml.compile(quickstart_cnn(), meshed, shapes=shapes)
+    params = {k: np.asarray(v) for k, v in reference.randomize_params(seed=0).items()}
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((16, 3, 8, 8), np.float32), rng.standard_normal((16, 10), np.float32)
+    want = reference.evaluate({k: single.array(v) for k, v in params.items()}, {"input": single.array(x)},
+                              {"output": single.array(g)})
+    got = compiled.evaluate({k: meshed.array(v) for k, v in params.items()}, {"input": meshed.array(x)},
+                            {"output": meshed.array(g)})
+    assert_close(got, want)
+    assert reference.state is not None and compiled.state is not None
+    for key, value in reference.state.items():
+        np.testing.assert_allclose(np.asarray(compiled.state[key]), np.asarray(value), **TOL, err_msg=key)
+        assert compiled.state[key].sharding.is_fully_replicated

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -15,7 +14,6 @@ import pytest
 from jax_test_helpers import quickstart_mlp
 
 import mithril as ml
-from mithril.backend import Kernel
 from mithril.models import Linear, Model, Relu, Sum
 
 
@@ -205,29 +203,6 @@ def test_gradients_for_a_subset_of_outputs() -> None:
         assert list(out_j) == list(out_n) == cj.output_keys
         for key in g_n:
             np.testing.assert_allclose(np.asarray(g_j[key]), g_n[key], rtol=1e-10)
-
-
-@pytest.fixture
-def counting_relu() -> Iterator[list[int]]:
-    """An op pack that swaps the jax relu for one that counts its (trace-time) calls."""
-    traces = [0]
-
-    def relu(x: jax.Array) -> jax.Array:
-        traces[0] += 1
-        return jax.nn.relu(x)
-
-    class Pack:
-        @ml.hookimpl
-        def mithril_register_ops(self, backend_name: str, register: Any) -> None:
-            if backend_name == "jax":
-                register("relu", Kernel(relu))
-
-    pack = Pack()
-    ml.register_plugin(pack, "counting-relu")
-    yield traces
-    from mithril.plugins import registry
-
-    registry.manager.unregister(pack)
 
 
 def test_repeated_calls_never_retrace(counting_relu: list[int]) -> None:

@@ -3,8 +3,14 @@
 The generated `forward` checks its arguments like every Python backend's; under jit those
 checks run while tracing, so they cost nothing per call. `forward_backward` pulls the
 given output gradients back through `jax.vjp`; gradients for a subset of the outputs
-differentiate only those (jit keeps one trace per subset). A call that fails before or
-while tracing is re-diagnosed by the core so the user sees which key is wrong.
+differentiate only those (jit keeps one trace per subset); state-update outputs (running
+statistics) ride along undifferentiated. A call that fails before or while tracing is
+re-diagnosed by the core so the user sees which key is wrong.
+
+Models with random primitives (dropout) get one more argument, a PRNG key that the
+backend splits off its own key for every call (so `set_seed` makes runs repeatable, and
+successive calls draw fresh masks without retracing); each random node folds its own
+stream index into it.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 from mithril.backend import CompileOptions, Program
-from mithril.codegen import PythonCodegen, forward_function, function
-from mithril.errors import DTypeMismatchError, KeyNotFoundError, MithrilError
+from mithril.codegen import PythonCodegen, function
+from mithril.errors import KeyNotFoundError, MithrilError, NoFaultFound
 from mithril.graph import Graph
 from mithril.validation import make_diagnose
 
@@ -30,18 +36,22 @@ __all__ = ["JaxProgram", "COMPILE_OPTIONS"]
 
 COMPILE_OPTIONS = ("shardings",)
 
-_FORWARD_BACKWARD = function(
-    "forward_backward",
-    "params, inputs, output_gradients",
-    [
-        "def differentiated(params):",
-        "    outputs = forward(params, inputs)",
-        "    return _select(params, inputs, outputs, output_gradients), outputs",
-        "selected, pullback, outputs = _vjp(differentiated, params, has_aux=True)",
-        "(gradients,) = pullback(output_gradients)",
-        "return outputs, gradients",
-    ],
-)
+
+
+def _forward_backward(args: str) -> str:
+    """Source of `forward_backward`: `forward` differentiated by jax.vjp for the given output gradients."""
+    return function(
+        "forward_backward",
+        f"params, inputs, output_gradients{args}",
+        [
+            "def differentiated(params):",
+            f"    outputs = forward(params, inputs{args})",
+            "    return _select(params, inputs, outputs, output_gradients), outputs",
+            "selected, pullback, outputs = _vjp(differentiated, params, has_aux=True)",
+            "(gradients,) = pullback(output_gradients)",
+            "return outputs, gradients",
+        ],
+    )
 
 
 class JaxProgram(Program):
@@ -63,13 +73,18 @@ class JaxProgram(Program):
             )
         self._output_order = [e.name for e in graph.outputs] if len(graph.outputs) > 1 else None
         self.layout = None if backend.mesh is None else Layout(backend.mesh, graph, shardings or {})
-        namespace = {**ops.NAMESPACE, "_vjp": jax.vjp, "_select": self._select}
+        random = [n for n in graph.nodes if n.primitive in ops.RANDOM]
+        self.random = bool(random)
+        namespace = {**ops.NAMESPACE, "_vjp": jax.vjp, "_select": self._select,
+                     ops.RNG_STREAMS: {n.path: i for i, n in enumerate(random)}}
         self.gen = PythonCodegen(graph, backend, backend.op_table(), namespace)
         self._diagnose = make_diagnose(graph, backend)
         diagnose = self.gen.constant(self._diagnose, "diagnose")
-        self.source = forward_function(self.gen, diagnose)
+        key = f", {ops.RNG_KEY}" if self.random else ""
+        body = [*self.gen.load_lines(diagnose), *self.gen.forward_lines(), f"return {self.gen.outputs_expr()}"]
+        self.source = function("forward", f"params, inputs{key}", body)
         if not options.inference:
-            self.source += "\n\n" + _FORWARD_BACKWARD
+            self.source += "\n\n" + _forward_backward(key)
         built = self.gen.build(self.source, options.file_path)
         self._raw_forward: Callable[..., Any] = built["forward"]
         self.forward = self._guard_forward(self._compiled(self._raw_forward, False))  # type: ignore[method-assign]
@@ -88,9 +103,10 @@ class JaxProgram(Program):
         return jax.jit(fn, out_shardings=outs)
 
     def _guard_forward(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        """The per-call function around `call`: arguments placed on the mesh, outputs in graph order."""
+        """The per-call function around `call`: a fresh PRNG key, arguments on the mesh, outputs in graph order."""
         explain, layout, order = self._explain, self.layout, self._output_order
-        if layout is None and order is None:
+        next_key = self.backend.next_key if self.random else None
+        if layout is None and order is None and next_key is None:
 
             def forward(params: Any, inputs: Any) -> Any:
                 try:
@@ -102,11 +118,12 @@ class JaxProgram(Program):
             return forward
 
         def placed_forward(params: Any, inputs: Any) -> Any:
+            extra = () if next_key is None else (next_key(),)
             try:
                 if layout is None:
-                    outputs = call(params, inputs)
+                    outputs = call(params, inputs, *extra)
                 else:
-                    outputs = call(layout.put(params, layout.params), layout.put(inputs, layout.inputs))
+                    outputs = call(layout.put(params, layout.params), layout.put(inputs, layout.inputs), *extra)
             except Exception as error:
                 explain(error, params, inputs)
                 raise
@@ -117,16 +134,19 @@ class JaxProgram(Program):
     def _guard_forward_backward(self, call: Callable[..., Any]) -> Callable[..., Any]:
         """Like `_guard_forward` for (params, inputs, output_gradients); gradients come keyed like params."""
         explain, layout, order = self._explain, self.layout, self._output_order
+        next_key = self.backend.next_key if self.random else None
 
         def forward_backward(params: Any, inputs: Any, output_gradients: Any) -> Any:
+            extra = () if next_key is None else (next_key(),)
             try:
                 if layout is None:
-                    outputs, grads = call(params, inputs, output_gradients)
+                    outputs, grads = call(params, inputs, output_gradients, *extra)
                 else:
                     outputs, grads = call(
                         layout.put(params, layout.params),
                         layout.put(inputs, layout.inputs),
                         layout.put(output_gradients, layout.outputs),
+                        *extra,
                     )
             except Exception as error:
                 explain(error, params, inputs, output_gradients)
@@ -138,19 +158,18 @@ class JaxProgram(Program):
     # -- checks ------------------------------------------------------------------------
     def _select(self, params: Any, inputs: Any, outputs: dict[str, Any], output_gradients: Any) -> dict[str, Any]:
         """The outputs that `output_gradients` differentiate, after checking its keys, shapes and dtypes."""
-        owner = self.graph.model.describe()
         if not isinstance(output_gradients, Mapping) or not output_gradients:
             raise KeyNotFoundError(
-                f"{owner}: output_gradients must be a non-empty dict keyed by output name; outputs are {list(outputs)}"
+                f"{self.graph.model.describe()}: output_gradients must be a non-empty dict keyed by output name; "
+                f"outputs are {list(outputs)}"
             )
         for key, grad in output_gradients.items():
-            if key not in outputs or getattr(grad, "shape", None) != outputs[key].shape:
+            if (
+                key not in outputs
+                or getattr(grad, "shape", None) != outputs[key].shape
+                or getattr(grad, "dtype", None) != outputs[key].dtype
+            ):
                 self._diagnose(params, inputs, output_gradients, outputs)
-            if grad.dtype != outputs[key].dtype:
-                raise DTypeMismatchError(
-                    f"{owner}: output_gradients[{key!r}]: expected dtype {outputs[key].dtype} "
-                    f"(the dtype of output {key!r}), got {grad.dtype}"
-                )
         return {key: outputs[key] for key in output_gradients}
 
     def _explain(self, error: Exception, params: Any, inputs: Any, output_gradients: Any = None) -> None:
@@ -159,22 +178,19 @@ class JaxProgram(Program):
             return
         try:
             self._diagnose(params, inputs)
-        except MithrilError as found:
-            if type(found) is not MithrilError:
-                raise found from None
-        except TypeError as found:
+        except NoFaultFound:
+            pass
+        except (MithrilError, TypeError) as found:
             raise found from None
-        outputs = jax.eval_shape(self._raw_forward, params, inputs)
+        extra = (self.backend.next_key(),) if self.random else ()
+        outputs = jax.eval_shape(self._raw_forward, params, inputs, *extra)
         if output_gradients is not None:
             if not isinstance(output_gradients, Mapping):
                 raise TypeError(f"{self.graph.model.describe()}: output_gradients must be a dict keyed by output name")
-            for key, grad in output_gradients.items():
-                if not self.backend.is_array(grad):
-                    raise TypeError(
-                        f"{self.graph.model.describe()}: output_gradients[{key!r}]: expected an array, "
-                        f"got {type(grad).__name__}"
-                    )
-            self._select(params, inputs, outputs, output_gradients)
+            try:
+                self._select(params, inputs, outputs, output_gradients)
+            except NoFaultFound:
+                pass
         if self.layout is not None:
             where = f"{self.graph.model.describe()} on mesh {dict(self.layout.mesh.shape)}"
             self.layout.check_call(inputs, where)

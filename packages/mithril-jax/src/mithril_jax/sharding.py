@@ -1,10 +1,10 @@
 """Device meshes and where each key of a compiled model lives on one.
 
 Default (data parallel): inputs, outputs and output gradients are split along their
-first dimension over the mesh's first axis; parameters and their gradients are
-replicated, so XLA all-reduces the gradients. `ml.compile(..., shardings={key: spec})`
-overrides any key with a PartitionSpec-like tuple: one entry per leading dimension,
-each a mesh axis name, a tuple of names, or None; `()` replicates.
+first dimension over the mesh's first axis; parameters, their gradients and state
+(running statistics) are replicated, so XLA all-reduces the gradients.
+`ml.compile(..., shardings={key: spec})` overrides any key with a PartitionSpec-like tuple: one
+entry per leading dimension, each a mesh axis name, a tuple of names, or None; `()` replicates.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Layout:
 
     def _default(self, group: str, edge: Edge) -> PartitionSpec:
         shape = static_shape(edge)
-        if group == "params" or (shape is not None and len(shape) == 0):
+        if group == "params" or edge.is_state or edge.updates is not None or (shape is not None and len(shape) == 0):
             return PartitionSpec()
         return PartitionSpec(self.batch_axis)
 
