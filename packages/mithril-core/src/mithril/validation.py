@@ -67,7 +67,7 @@ def make_diagnose(graph: Graph, backend: Backend) -> Callable[..., NoReturn]:
             for edge in edges:
                 check_value(group, edge, given[edge.name], bound)
         if output_gradients is not None and outputs is not None:
-            expected = [e for e in graph.outputs]
+            expected = [e for e in graph.outputs if e.updates is None]
             if not isinstance(output_gradients, Mapping):
                 raise TypeError(f"{owner}: output_gradients must be a dict keyed by output name")
             for key in output_gradients:

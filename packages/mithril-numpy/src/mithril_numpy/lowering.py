@@ -39,7 +39,7 @@ class NumpyProgram(Program):
             self.forward_backward = namespace["forward_backward"]  # type: ignore[method-assign]
 
     def _partial(self, params: Any, inputs: Any, output_gradients: Mapping[str, Any]) -> Any:
-        names = {e.name for e in self.graph.outputs}
+        names = {e.name for e in self.graph.outputs if e.updates is None}
         if not isinstance(output_gradients, Mapping):
             raise TypeError("output_gradients must be a dict keyed by output name")
         unknown = [k for k in output_gradients if k not in names]
