@@ -14,11 +14,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .backend import Backend, Kernel, OpImpl
-from .errors import UnsupportedError
+from .errors import KeyNotFoundError, UnsupportedError
 from .graph import Edge, Graph, Node
 from .shapes import Dim, Var, resolve
 
-__all__ = ["PythonCodegen", "static_shape", "function", "forward_function", "vjp_functions"]
+__all__ = [
+    "PythonCodegen",
+    "GradientSubsets",
+    "static_shape",
+    "function",
+    "forward_function",
+    "vjp_functions",
+    "free_after_last_use",
+]
 
 _RESERVED = {"params", "inputs", "output_gradients", "state"}
 _counter = itertools.count()
@@ -319,3 +327,34 @@ def vjp_functions(
         [*head, *load, *body, *checks, *back, f"return {gen.outputs_expr()}, {grads}"],
     )
     return forward + "\n\n" + forward_backward
+
+
+class GradientSubsets:
+    """forward_backward for calls giving gradients for only some outputs: one function per subset, built once.
+
+    `build(edges)` returns the function for the output edges `edges`; generated code
+    calls an instance when `len(output_gradients)` differs from its full set.
+    """
+
+    def __init__(self, graph: Graph, build: Callable[[list[Edge]], Callable[..., Any]]) -> None:
+        self.graph = graph
+        self.build = build
+        self.names = {e.name for e in graph.outputs if e.updates is None}
+        self.cache: dict[frozenset[str], Callable[..., Any]] = {}
+
+    def __call__(self, params: Any, inputs: Any, output_gradients: Mapping[str, Any]) -> Any:
+        if not isinstance(output_gradients, Mapping):
+            raise TypeError(
+                f"{self.graph.model.describe()}: output_gradients must be a dict keyed by output name, "
+                f"got {type(output_gradients).__name__}"
+            )
+        key = frozenset(output_gradients)
+        fn = self.cache.get(key)
+        if fn is None:
+            if not key or not key <= self.names:
+                raise KeyNotFoundError(
+                    f"{self.graph.model.describe()}: output_gradients keys {sorted(map(str, key))} must be a "
+                    f"non-empty subset of the outputs {sorted(self.names)}"
+                )
+            fn = self.cache[key] = self.build([e for e in self.graph.outputs if e.name in key])
+        return fn(params, inputs, output_gradients)

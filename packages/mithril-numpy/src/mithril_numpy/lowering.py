@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mithril.backend import CompileOptions, Program
-from mithril.codegen import PythonCodegen, forward_function, vjp_functions
-from mithril.errors import KeyNotFoundError
-from mithril.graph import Graph
+from mithril.codegen import GradientSubsets, PythonCodegen, forward_function, vjp_functions
+from mithril.graph import Edge, Graph
 from mithril.validation import make_diagnose
 
 from . import ops, vjps
@@ -25,10 +23,10 @@ class NumpyProgram(Program):
     def __init__(self, backend: NumpyBackend, graph: Graph, options: CompileOptions) -> None:
         self.graph = graph
         self.options = options
-        namespace = {**ops.NAMESPACE, **vjps.NAMESPACE, "_partial": self._partial, "_backend": backend}
+        partial = GradientSubsets(graph, self._subset_function)
+        namespace = {**ops.NAMESPACE, **vjps.NAMESPACE, "_partial": partial, "_backend": backend}
         self.gen = PythonCodegen(graph, backend, backend.op_table(), namespace, vjps.VJPS)
         self.diagnose = self.gen.constant(make_diagnose(graph, backend), "diagnose")
-        self._subsets: dict[frozenset[str], Any] = {}
         if options.inference:
             self.source = forward_function(self.gen, self.diagnose)
         else:
@@ -38,21 +36,7 @@ class NumpyProgram(Program):
         if not options.inference:
             self.forward_backward = namespace["forward_backward"]  # type: ignore[method-assign]
 
-    def _partial(self, params: Any, inputs: Any, output_gradients: Mapping[str, Any]) -> Any:
-        names = {e.name for e in self.graph.outputs if e.updates is None}
-        if not isinstance(output_gradients, Mapping):
-            raise TypeError("output_gradients must be a dict keyed by output name")
-        unknown = [k for k in output_gradients if k not in names]
-        if unknown or not output_gradients:
-            raise KeyNotFoundError(
-                f"{self.graph.model.describe()}: output_gradients keys {sorted(map(str, output_gradients))} "
-                f"must be a non-empty subset of the outputs {sorted(names)}"
-            )
-        key = frozenset(output_gradients)
-        fn = self._subsets.get(key)
-        if fn is None:
-            edges = [e for e in self.graph.outputs if e.name in key]
-            source = vjp_functions(self.gen, self.diagnose, edges, "np.zeros_like({})", None)
-            fn = self._subsets[key] = self.gen.build(source)["forward_backward"]
-        return fn(params, inputs, output_gradients)
-
+    def _subset_function(self, edges: list[Edge]) -> Any:
+        """forward_backward seeded by the gradients of `edges` only."""
+        source = vjp_functions(self.gen, self.diagnose, edges, "np.zeros_like({})", None)
+        return self.gen.build(source)["forward_backward"]

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mithril.backend import CompileOptions, Program
-from mithril.codegen import PythonCodegen, function
-from mithril.errors import KeyNotFoundError
+from mithril.codegen import GradientSubsets, PythonCodegen, function
 from mithril.graph import Edge, Graph
 from mithril.validation import make_diagnose
 
@@ -42,7 +41,7 @@ class TorchProgram(Program):
         self.options = options
         namespace = {
             **ops.NAMESPACE,
-            "_partial": self._partial,
+            "_partial": GradientSubsets(graph, self._subset_function),
             "_grad": torch.autograd.grad,
             "_grad_enabled": torch.is_grad_enabled,
             "_set_grad": torch._C._set_grad_enabled,
@@ -52,7 +51,6 @@ class TorchProgram(Program):
         }
         self.gen = PythonCodegen(graph, backend, backend.op_table(), namespace)
         self.diagnose = self.gen.constant(make_diagnose(graph, backend), "diagnose")
-        self._subsets: dict[frozenset[str], Any] = {}
         sources = []
         if options.jit:
             sources.append(self._core_source(compile_options))
@@ -154,26 +152,9 @@ class TorchProgram(Program):
         body.append(f"return {outputs}, {{{', '.join(grads)}}}")
         return function("forward_backward", "params, inputs, output_gradients", body)
 
-    # -- gradients for a subset of the outputs --------------------------------------------
-    def _partial(self, params: Any, inputs: Any, output_gradients: Mapping[str, Any]) -> Any:
-        """forward_backward for calls that give gradients for only some outputs (built once per subset)."""
-        names = {e.name for e in self.graph.outputs}
-        if not isinstance(output_gradients, Mapping):
-            raise TypeError("output_gradients must be a dict keyed by output name")
-        unknown = [k for k in output_gradients if k not in names]
-        if unknown or not output_gradients:
-            raise KeyNotFoundError(
-                f"{self.graph.model.describe()}: output_gradients keys {sorted(map(str, output_gradients))} "
-                f"must be a non-empty subset of the outputs {sorted(names)}"
-            )
-        key = frozenset(output_gradients)
-        fn = self._subsets.get(key)
-        if fn is None:
-            edges = [e for e in self.graph.outputs if e.name in key]
-            fn = self._subsets[key] = self.gen.build(self._forward_backward_source(edges, partial=False))[
-                "forward_backward"
-            ]
-        return fn(params, inputs, output_gradients)
+    def _subset_function(self, edges: list[Edge]) -> Any:
+        """forward_backward seeded by the gradients of `edges` only."""
+        return self.gen.build(self._forward_backward_source(edges, partial=False))["forward_backward"]
 
 
 def _differentiable(edge: Edge) -> bool:
