@@ -86,6 +86,8 @@ nox.options.sessions = [
     "plugins",
     "lint",
     "typecheck",
+    "docs",
+    "third_party",
 ]
 
 
@@ -232,6 +234,31 @@ def integration(session: nox.Session) -> None:
     """The cross-package tests in tests/ with every backend installed (the quick start needs them all)."""
     python = _all_backends_venv(session)
     _pytest(session, python, ["tests"], {"MITHRIL_TEST_DTYPE": "float32", "MITHRIL_TEST_HARDWARE": "cpu"})
+
+
+@nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """Every Python block of every docs/ page runs (tests/docs), then `mkdocs build --strict`."""
+    plugin_dirs = [_plugin_dir(session, backend) for backend in DTYPES]
+    frameworks = sorted({req for backend in DTYPES for req in FRAMEWORKS[backend, "cpu"]})
+    python = _shared_venv(
+        session, "docs", [*_editable(PACKAGES / "mithril-core", *plugin_dirs), *frameworks, *TEST_DEPS, "mkdocs"]
+    )
+    _pytest(session, python, ["tests/docs"], {})
+    site = Path(session.create_tmp()) / "site"
+    session.run(python, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site), external=True)
+
+
+@nox.session(venv_backend="none")
+def third_party(session: nox.Session) -> None:
+    """The example third-party backend (examples/third_party_backend) installed beside the core: its tests."""
+    package = ROOT / "examples" / "third_party_backend"
+    python = _shared_venv(
+        session,
+        "third-party",
+        [*_editable(PACKAGES / "mithril-core", _plugin_dir(session, REFERENCE), package), "torch", *TEST_DEPS],
+    )
+    _pytest(session, python, [str((package / "tests").relative_to(ROOT))], {})
 
 
 @nox.session(venv_backend="none", default=False)
