@@ -131,6 +131,11 @@ class Transaction:
         if exc_type is not None:
             self.rollback()
 
+    @classmethod
+    def current(cls) -> Transaction:
+        """The innermost active transaction."""
+        return _active()
+
     def rollback(self) -> None:
         for obj, attr, old in reversed(self.trail):
             setattr(obj, attr, old)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mithril.backend import CompileOptions, Program
-from mithril.codegen import GradientSubsets, PythonCodegen, function
+from mithril.codegen import GradientSubsets, PythonCodegen, free_after_last_use, function
 from mithril.graph import Edge, Graph
 from mithril.validation import make_diagnose
 
@@ -93,19 +93,8 @@ class TorchProgram(Program):
         small: the allocator hands the same, cache-warm memory to the next op.
         """
         g = self.gen
-        outputs = set(self.graph.outputs)
-        last: dict[Edge, int] = {}
-        for index, node in enumerate(self.graph.nodes):
-            for edge in [*node.inputs.values(), *node.outputs.values()]:
-                if edge.producer is not None and edge not in outputs:
-                    last[edge] = index
-        lines = []
-        for index, node in enumerate(self.graph.nodes):
-            lines += g.forward_lines([node])
-            dead = sorted({g.names[e] for e, at in last.items() if at == index})
-            if dead:
-                lines.append(f"del {', '.join(dead)}")
-        return lines
+        internal = {g.names[e] for e in self.graph.edges if e.producer is not None and e.role == "internal"}
+        return free_after_last_use(g.forward_lines(), internal, {g.names[e] for e in self.graph.outputs})
 
     def _run(self, grad_mode: bool) -> list[str]:
         """The ops with torch grad mode set to `grad_mode`, restored afterwards even on error."""

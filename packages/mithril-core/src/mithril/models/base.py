@@ -328,11 +328,12 @@ class Model(BaseModel):
                     f"{self.describe()}: {child.describe()} key {key!r} expects {inner.kind} values "
                     f"but {self._label(target)!r} carries {target.kind} values"
                 )
-            render = Renderer()
-            expected, given = render(inner.shape.items), render(target.shape.items)
             try:
                 unify(target.shape.items, inner.shape.items)
             except ShapeMismatch as exc:
+                Transaction.current().rollback()  # render the shapes as they were before this step
+                render = Renderer()
+                expected, given = render(inner.shape.items), render(target.shape.items)
                 raise ShapeError(
                     f"{self.describe()}: shape mismatch at key {self._label(target)!r}: "
                     f"{child.describe()} key {key!r} expects {expected}, but {self._label(target)!r} "
