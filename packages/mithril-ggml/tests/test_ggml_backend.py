@@ -310,3 +310,37 @@ def test_risky_calls_raise_and_the_process_survives(name: str) -> None:
         assert "no error: gradients ran" in proc.stdout
     else:
         assert "RAISED" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("shape", [(32, 20), (20,), (2, 5, 20), (1, 20)])
+def test_out_prod_linear_matches_numpy_and_follows_new_params(shape: tuple[int, ...]) -> None:
+    """Float32 layers that ggml_out_prod computes faster (20 -> 64) match NumPy, forward and backward."""
+    import ctypes
+
+    import ggml.ggml as G
+
+    from mithril_ggml.ops import prefers_out_prod
+
+    assert prefers_out_prod(64, 20) and not prefers_out_prod(10, 64)
+    compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes={"input": list(shape)})
+    reference = ml.compile(quickstart_mlp(), ml.NumpyBackend(), shapes={"input": list(shape)})
+    x = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    for seed in (1, 2):  # a new params object must refresh the transposed copy
+        params = compiled.randomize_params(seed=seed)
+        got, want = compiled.evaluate(params, x)["output"], reference.evaluate(params, x)["output"]
+        assert got.shape == want.shape and relative_error(got, want) < 1e-5
+        g = {"output": np.ones(want.shape, np.float32)}
+        (out, grads), (ref_out, ref_grads) = compiled.evaluate(params, x, g), reference.evaluate(params, x, g)
+        assert relative_error(out["output"], ref_out["output"]) < 1e-5
+        for key in ref_grads:
+            assert relative_error(grads[key], ref_grads[key]) < 1e-5, key
+        assert relative_error(compiled.evaluate(params, x)["output"], want) < 1e-5
+    store = next(iter(compiled.program._stores.values()))
+    assert len(store.transposed) == 1  # only the 20 -> 64 weight
+    wt = ctypes.addressof(next(iter(store.transposed.values())).contents)
+    readers = {False: 0, True: 0}  # graphs reading W^T: forward-only yes, gradient graphs never
+    for inst in store.instances.values():
+        for i in range(G.ggml_graph_n_nodes(inst.graph)):
+            srcs = G.ggml_graph_node(inst.graph, i).contents.src
+            readers[inst.grad] += any(src and ctypes.addressof(src.contents) == wt for src in srcs)
+    assert readers[False] > 0 and readers[True] == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from mithril.graph import Edge, Graph, Node
 from mithril.validation import make_diagnose
 
 from . import quant
-from .ops import GRAD_PROBLEMS, OPS, Builder, T, check_node, ne4
+from .ops import GRAD_PROBLEMS, OPS, Builder, T, check_node, ne4, prefers_out_prod
 
 if TYPE_CHECKING:
     from .backend import GGMLBackend
@@ -40,6 +41,11 @@ _CPU_BUFT = G.ggml_backend_get_default_buffer_type(_CPU)
 _OVERHEAD = G.ggml_tensor_overhead()
 _CTYPES = {G.GGML_TYPE_F32: ctypes.c_float, G.GGML_TYPE_I32: ctypes.c_int32}
 _PREPARED_CACHE = 2  # params objects whose converted weights are kept besides the loaded one
+# ggml_graph_compute called through a plain function pointer on integer addresses: the
+# typed ctypes wrapper spends a few hundred ns converting its pointer arguments.
+_COMPUTE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
+    ctypes.cast(G.ggml_graph_compute, ctypes.c_void_p).value
+)
 
 
 def _new_context(n_tensors: int, extra: int = 0) -> Any:
@@ -69,13 +75,25 @@ def _mark_output(tensor: Any) -> None:
 
 
 class _WeightStore:
-    """Parameter tensors for one set of parameter shapes, in one exact-size buffer."""
+    """Parameter tensors for one set of parameter shapes, in one exact-size buffer.
+
+    Float32 linear weights whose shape favours ggml_out_prod (`prefers_out_prod`) also get a
+    contiguous transposed copy, written with the weights, which gradient-free graphs use.
+    """
 
     def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]], mode: str | None) -> None:
         self.shapes = shapes
         self.types = quant.choose_types(graph, shapes, mode)
-        self.ctx = _new_context(len(shapes) + 1)
+        transposable = [
+            edge.name for edge in graph.params
+            if self.types[edge.name][0] == G.GGML_TYPE_F32 and len(shapes[edge.name]) == 2
+            and {(node.primitive, key) for node, key in edge.consumers} == {("linear", "weight")}
+            and prefers_out_prod(*shapes[edge.name])
+        ]
+        self.ctx = _new_context(len(shapes) + len(transposable) + 1)
         self.tensors = {name: _new_tensor(self.ctx, shape, self.types[name][0]) for name, shape in shapes.items()}
+        self.transposed = {name: _new_tensor(self.ctx, shapes[name][::-1], G.GGML_TYPE_F32) for name in transposable}
+        self.by_address = {ctypes.addressof(self.tensors[name].contents): t for name, t in self.transposed.items()}
         self.buffer = G.ggml_backend_alloc_ctx_tensors_from_buft(self.ctx, _CPU_BUFT) if shapes else None
         self.loaded: tuple[Any, ...] | None = None
         self.instances: dict[Any, _Instance] = {}
@@ -85,6 +103,8 @@ class _WeightStore:
             tensor = self.tensors[name]
             assert data.nbytes == G.ggml_nbytes(tensor), (name, data.nbytes, G.ggml_nbytes(tensor))
             ctypes.memmove(tensor.contents.data, data.ctypes.data, data.nbytes)
+        for name, data in zip(self.transposed, prepared[len(names):]):
+            _view(self.transposed[name], data.shape)[...] = data
         self.loaded = arrays
 
     def __del__(self) -> None:
@@ -129,7 +149,7 @@ class _Instance:
             self.writers.append((-1 if edge is None else index[edge.name], convert, list(zip(tensors, specs))))
             return tensors
 
-        builder = Builder(self.gctx, self.grad, host_tensor, program.backend._rng)
+        builder = Builder(self.gctx, self.grad, host_tensor, program.backend._rng, store.by_address)
         for node in graph.nodes:
             args = {k: values[e] for k, e in node.inputs.items()}
             result = OPS[node.primitive](builder, node, args)
@@ -162,10 +182,17 @@ class _Instance:
         self.seed_views = [(_view(t, self.out_shapes[k]), k) for t, k in self.seeds]
         self.grad_views = [(name, _view(t, shape) if t else None, shape) for name, t, shape in self.grads]
         self.n_threads = program.backend.threads_for(self.macs)
-        self.plan = G.ggml_graph_plan(self.graph, self.n_threads, None)
+        # One thread: a threadpool of our own (it has no worker threads) saves ggml creating
+        # and freeing one on every compute. More threads: ggml's per-call pool, whose workers
+        # do not stay spinning between calls (a persistent pool's do, which hurts on busy cores).
+        self.threadpool = None
+        if self.n_threads == 1:
+            tp_params = G.ggml_threadpool_params_default(1)
+            self.threadpool = G.ggml_threadpool_new(ctypes.byref(tp_params))
+        self.plan = G.ggml_graph_plan(self.graph, self.n_threads, self.threadpool)
         self.work = np.empty(max(self.plan.work_size, 1), np.uint8)
         self.plan.work_data = ctypes.cast(self.work.ctypes.data, ctypes.POINTER(ctypes.c_uint8))
-        self.plan_ref = ctypes.byref(self.plan)
+        self.compute_args = (ctypes.cast(self.graph, ctypes.c_void_p).value, ctypes.addressof(self.plan))
 
     def _persistent(self, shape: tuple[int, ...], kind: int) -> Any:
         tensor = _new_tensor(self.pctx, shape, kind)
@@ -216,7 +243,7 @@ class _Instance:
             for view, key in self.seed_views:
                 view[...] = seeds[key]
             G.ggml_graph_reset(self.graph)
-        status = G.ggml_graph_compute(self.graph, self.plan_ref)
+        status = _COMPUTE(*self.compute_args)
         if status != G.GGML_STATUS_SUCCESS:
             raise MithrilError(f"ggml graph computation failed with status {status}")
         return {name: view.copy() for name, view in self.out_views}
@@ -228,6 +255,8 @@ class _Instance:
         }
 
     def __del__(self) -> None:
+        if getattr(self, "threadpool", None):
+            G.ggml_threadpool_free(self.threadpool)
         if self.galloc:
             G.ggml_gallocr_free(self.galloc)
         if self.buffer:
@@ -279,6 +308,7 @@ class GGMLProgram(Program):
         self.source = function("check", "params, inputs", [*gen.load_lines(diagnose), f"return ({inputs}), ({params})"])
         self._check = gen.build(self.source, options.file_path)["check"]
         self._stores: dict[tuple[tuple[int, ...], ...], _WeightStore] = {}
+        self._last_store: _WeightStore | None = None
         self._prepared: OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], list[np.ndarray]]] = OrderedDict()
         self.grad_problem = None if options.inference else self._find_grad_problem()
         self._report: dict[str, str] | None = None
@@ -331,7 +361,12 @@ class GGMLProgram(Program):
         return store
 
     def _weights(self, params: Mapping[str, Any], ps: tuple[Any, ...]) -> _WeightStore:
-        store = self._store(tuple(tuple(p.shape) for p in ps))
+        store = self._last_store
+        if store is not None:  # the same arrays as last call: skip the shape key and the lookup
+            loaded = store.loaded
+            if loaded is not None and len(loaded) == len(ps) and all(map(operator.is_, loaded, ps)):
+                return store
+        store = self._last_store = self._store(tuple(tuple(p.shape) for p in ps))
         loaded = store.loaded
         if loaded is not None and len(loaded) == len(ps) and all(a is b for a, b in zip(loaded, ps)):
             return store
@@ -357,6 +392,8 @@ class GGMLProgram(Program):
                 out.append(hit[2])
             else:
                 out.append(quant.prepare(array, kind))
+        by_name = dict(zip(self.param_names, out))
+        out.extend(np.ascontiguousarray(by_name[name].T) for name in store.transposed)
         return out
 
     @property

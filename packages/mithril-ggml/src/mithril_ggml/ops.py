@@ -9,6 +9,7 @@ exp/log/relu, layer norm from sums, and broadcasting is made explicit with repea
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +22,29 @@ from mithril.errors import ShapeError, UnsupportedError
 from mithril.graph import Edge, Node
 from mithril.models.rules import normalize_axes
 
-__all__ = ["T", "Builder", "OPS", "GRAD_PROBLEMS", "ne4", "check_node"]
+__all__ = ["T", "Builder", "OPS", "GRAD_PROBLEMS", "ne4", "check_node", "prefers_out_prod"]
 
 MAX_RANK = 4
+# A float32 linear layer y = x W^T costs, per row of x, N dot products of length K through
+# ggml_mul_mat, or K axpy updates of length N through ggml_out_prod (which takes W^T).
+# ggml's F32 kernels do 64 floats per vector step and the remainder in a scalar loop: the
+# remainder of a dot product (a reduction) runs about 0.3 ns a float, that of an axpy is
+# nearly free. Per-call, per-step and per-float costs in ns, fitted on layers at batch 1
+# to 128 (one thread, this machine's AVX-512 build; see the package README).
+_STEP = 64
+_DOT = (3.5, 2.0, 0.3)  # ggml_mul_mat: per dot product, per full step, per remainder float
+_AXPY = (3.0, 2.5, 0.06)  # ggml_out_prod: per axpy, per full step, per remainder float
+_OUT_PROD_MARGIN = 1.5  # out_prod must win clearly: on large layers mul_mat is better tuned
+
+
+def _row_cost(calls: int, length: int, cost: tuple[float, float, float]) -> float:
+    return calls * (cost[0] + cost[1] * (length // _STEP) + cost[2] * (length % _STEP))
+
+
+def prefers_out_prod(out_features: int, in_features: int) -> bool:
+    """Whether ggml_out_prod with W^T beats ggml_mul_mat for a float32 linear weight [N, K]."""
+    n, k = out_features, in_features
+    return _OUT_PROD_MARGIN * _row_cost(k, n, _AXPY) < _row_cost(n, k, _DOT)
 
 
 class T(NamedTuple):
@@ -47,11 +68,19 @@ HostConvert = Callable[[Any], tuple[np.ndarray, ...]]
 class Builder:
     """Emits ggml ops into one graph context; `host_tensor` makes tensors the host fills."""
 
-    def __init__(self, ctx: Any, grad: bool, host_tensor: Callable[..., Any], rng: np.random.Generator) -> None:
+    def __init__(self, ctx: Any, grad: bool, host_tensor: Callable[..., Any], rng: np.random.Generator,
+                 transposed: dict[int, Any] | None = None) -> None:
         self.ctx = ctx
         self.grad = grad
         self._host_tensor = host_tensor
         self.rng = rng
+        self._transposed = transposed or {}
+
+    def transposed_weight(self, w: T) -> Any:
+        """A contiguous W^T tensor for weight `w` when one is stored and this graph has no gradients."""
+        if self.grad:  # ggml has no backward rule for out_prod
+            return None
+        return self._transposed.get(ctypes.addressof(w.tensor.contents))
 
     # -- tensors the host writes -----------------------------------------------------
     def constant(self, value: np.ndarray) -> T:
@@ -202,7 +231,15 @@ def _linear(b: Builder, node: Node, x: Inputs) -> T:
     inp, w = b.cont(x["input"]), x["weight"]
     if not inp.shape or inp.shape[-1] != w.shape[1]:
         raise ShapeError(f"ggml linear {node.path!r}: input {list(inp.shape)} does not fit weight {list(w.shape)}")
-    y = T(G.ggml_mul_mat(b.ctx, w.tensor, inp.tensor), (*inp.shape[:-1], w.shape[0]))
+    shape = (*inp.shape[:-1], w.shape[0])
+    wt = b.transposed_weight(w)
+    if wt is None:
+        y = T(G.ggml_mul_mat(b.ctx, w.tensor, inp.tensor), shape)
+    else:
+        # out_prod(W^T [K,N], x^T [K,M]) is x W^T as an [M, N] result; x^T is a strided view.
+        rows = b.reshape(inp, (math.prod(inp.shape[:-1]), inp.shape[-1])) if len(inp.shape) != 2 else inp
+        prod = G.ggml_out_prod(b.ctx, wt, G.ggml_transpose(b.ctx, rows.tensor))
+        y = b.reshape(T(prod, (rows.shape[0], w.shape[0])), shape)
     return b.add(y, x["bias"]) if "bias" in x else y
 
 
