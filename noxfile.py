@@ -215,35 +215,32 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "packages/mithril-core/src", *session.posargs)
 
 
-def _all_backends_venv(session: nox.Session) -> str:
-    """Python of the shared environment with the core, every plugin and their CPU frameworks.
+def _all_backends_venv(session: nox.Session, name: str = "all-cpu", extra: Sequence[str] = ("mkdocs",)) -> str:
+    """Python of the shared environment `name` with the core, every plugin, their CPU frameworks and `extra`.
 
-    numpy, torch and jax are required (the quick start uses all three); ggml joins once its
-    package exists, and until then the tests that need it skip, naming it.
+    `integration` and `docs` share the default one, so CI installs the frameworks together once.
     """
-    backends = [b for b in DTYPES if b != "ggml" or (PACKAGES / "mithril-ggml" / "pyproject.toml").is_file()]
-    plugin_dirs = [_plugin_dir(session, backend) for backend in backends]
-    frameworks = sorted({req for backend in backends for req in FRAMEWORKS[backend, "cpu"]})
+    plugin_dirs = [_plugin_dir(session, backend) for backend in DTYPES]
+    frameworks = sorted({req for backend in DTYPES for req in FRAMEWORKS[backend, "cpu"]})
     return _shared_venv(
-        session, "all-cpu", [*_editable(PACKAGES / "mithril-core", *plugin_dirs), *frameworks, *TEST_DEPS]
+        session, name, [*_editable(PACKAGES / "mithril-core", *plugin_dirs), *frameworks, *TEST_DEPS, *extra]
     )
 
 
 @nox.session(venv_backend="none")
 def integration(session: nox.Session) -> None:
-    """The cross-package tests in tests/ with every backend installed (the quick start needs them all)."""
+    """tests/ with every backend installed (the quick start needs them all), and the NumPy plugin's tests
+    again with torch present, so its torch.nn parity cases run (the numpy cells have no torch)."""
     python = _all_backends_venv(session)
-    _pytest(session, python, ["tests"], {"MITHRIL_TEST_DTYPE": "float32", "MITHRIL_TEST_HARDWARE": "cpu"})
+    env = {"MITHRIL_TEST_DTYPE": "float32", "MITHRIL_TEST_HARDWARE": "cpu"}
+    _pytest(session, python, ["tests", "--ignore=tests/docs"], env)
+    _pytest(session, python, ["packages/mithril-numpy/tests", "-k", "torch"], env)
 
 
 @nox.session(venv_backend="none")
 def docs(session: nox.Session) -> None:
     """Every Python block of every docs/ page runs (tests/docs), then `mkdocs build --strict`."""
-    plugin_dirs = [_plugin_dir(session, backend) for backend in DTYPES]
-    frameworks = sorted({req for backend in DTYPES for req in FRAMEWORKS[backend, "cpu"]})
-    python = _shared_venv(
-        session, "docs", [*_editable(PACKAGES / "mithril-core", *plugin_dirs), *frameworks, *TEST_DEPS, "mkdocs"]
-    )
+    python = _all_backends_venv(session)
     _pytest(session, python, ["tests/docs"], {})
     site = Path(session.create_tmp()) / "site"
     session.run(python, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site), external=True)
@@ -263,9 +260,9 @@ def third_party(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none", default=False)
 def bench(session: nox.Session) -> None:
-    """Every benchmarks/bench_*.py in turn, with all backends installed."""
-    python = _all_backends_venv(session)
-    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+    """Every benchmarks/bench_*.py, then benchmarks/report.py, which writes docs/benchmarks.md and docs/img/."""
+    python = _all_backends_venv(session, name="bench-cpu", extra=("keras", "matplotlib"))
+    for script in [*sorted((ROOT / "benchmarks").glob("bench_*.py")), ROOT / "benchmarks" / "report.py"]:
         start = time.perf_counter()
         session.run(python, str(script.relative_to(ROOT)), *session.posargs, external=True)
         session.log(f"{script.name}: {time.perf_counter() - start:.1f} s")
