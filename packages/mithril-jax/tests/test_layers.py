@@ -9,24 +9,14 @@ import pytest
 
 import mithril as ml
 from mithril.models import Dropout, Linear, MaxPool2d, Model, Relu
-from mithril.testing import CASES, Case, check_case, test_dtype
-from mithril.testing.torch_parity import PARITY_CASES, ParityCase, check_torch_parity
+from mithril.testing.conformance import BackendConformance
 
 
 # -- conformance kit and torch.nn parity ------------------------------------------------
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_case_matches_the_numpy_reference(case: Case) -> None:
-    check_case(case, ml.JaxBackend(dtype=test_dtype(ml.float64)), ml.NumpyBackend(dtype=ml.float64))
+class TestJaxConformance(BackendConformance):
+    """The core's kit (primitives, torch.nn parity, behaviour) with the nox cell's dtype."""
 
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("case", PARITY_CASES, ids=lambda c: c.name)
-def test_torch_nn_parity(case: ParityCase, training: bool) -> None:
-    pytest.importorskip("torch", reason="torch.nn is the reference of the parity cases")
-    dtype = test_dtype(ml.float64)
-    if dtype not in (ml.float64, ml.float32):
-        pytest.skip(f"torch parity runs in float64 and float32, not {dtype.name}")
-    check_torch_parity(case, ml.JaxBackend(dtype=dtype), training=training)
+    backend_name = "jax"
 
 
 # -- max pooling with ties ----------------------------------------------------------------

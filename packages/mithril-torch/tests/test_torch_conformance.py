@@ -1,4 +1,4 @@
-"""The core's conformance kit: every primitive case against the float64 NumPy reference, and torch.nn parity."""
+"""The core's conformance kit on torch, plus its CUDA variants for a few cases."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from torch_devices import CUDA
 
 import mithril as ml
 from mithril.testing import CASES, Case, check_case, test_dtype
+from mithril.testing.conformance import BackendConformance
 from mithril.testing.torch_parity import PARITY_CASES, ParityCase, check_torch_parity
 
 CUDA_CASES = ["conv2d", "max_pool2d_padded", "batch_norm", "cross_entropy_weighted_smoothed", "dropout_zero"]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_case_matches_numpy(case: Case) -> None:
-    check_case(case, ml.TorchBackend(dtype=test_dtype(ml.float64)), ml.NumpyBackend(dtype=ml.float64))
+class TestTorchConformance(BackendConformance):
+    """The core's kit on CPU with the dtype of the nox cell (float64 by default)."""
+
+    backend_name = "torch"
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in CUDA_CASES], ids=lambda c: c.name)
@@ -22,13 +24,6 @@ def test_case_matches_numpy(case: Case) -> None:
 @CUDA
 def test_case_matches_numpy_on_cuda(case: Case) -> None:
     check_case(case, ml.TorchBackend(dtype=test_dtype(ml.float64), device="cuda"), ml.NumpyBackend(dtype=ml.float64))
-
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("dtype", [ml.float64, ml.float32], ids=lambda d: d.name)
-@pytest.mark.parametrize("case", PARITY_CASES, ids=lambda c: c.name)
-def test_matches_torch_nn(case: ParityCase, dtype: ml.DType, training: bool) -> None:
-    check_torch_parity(case, ml.TorchBackend(dtype=dtype), training=training)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
