@@ -6,14 +6,7 @@ import pytest
 
 import mithril as ml
 from mithril.models import Add, Linear, Model, Relu, Sigmoid
-
-
-def mlp() -> Model:
-    model = Model()
-    model |= Linear(dimension=64)
-    model += Relu()
-    model += Linear(dimension=10)
-    return model
+from mithril.testing.models import quickstart_mlp as mlp
 
 
 def test_chain_links_canonical_keys_and_names_params() -> None:

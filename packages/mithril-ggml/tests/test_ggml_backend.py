@@ -14,18 +14,12 @@ import mithril as ml
 import mithril_ggml
 from mithril.models import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Model, Relu
 from mithril.testing import CASES, Case, check_case
+from mithril.testing.models import quickstart_mlp
 
 # Cases ggml cannot run at all, and cases it runs forward but cannot differentiate.
 NO_FORWARD = {"pow", "max_pool2d_padded", "avg_pool2d_padded_exclusive"}
 NO_GRADIENT = {"gelu", "conv2d_groups_nobias"}
 
-
-def quickstart_mlp() -> Model:
-    model = Model()
-    model |= Linear(dimension=64)
-    model += Relu()
-    model += Linear(dimension=10)
-    return model
 
 
 def quickstart_cnn() -> Model:

@@ -6,16 +6,6 @@ import warnings
 from typing import Any
 
 import mithril as ml
-from mithril.models import Linear, Model, Relu
-
-
-def quickstart_mlp() -> Model:
-    """The quick start's two-layer network."""
-    model = Model()
-    model |= Linear(dimension=64)
-    model += Relu()
-    model += Linear(dimension=10)
-    return model
 
 
 def torch_available() -> bool:

@@ -6,21 +6,15 @@ import numpy as np
 import pytest
 
 import mithril as ml
-from mithril.models import Linear, Model, Relu
+from mithril.models import Linear, Model
 from mithril.testing import CASES, Case, finite_difference
+from mithril.testing.models import quickstart_mlp
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_gradients_match_finite_differences(case: Case) -> None:
     finite_difference(case, ml.NumpyBackend(dtype=ml.float64))
 
-
-def quickstart_mlp() -> Model:
-    model = Model()
-    model |= Linear(dimension=64)
-    model += Relu()
-    model += Linear(dimension=10)
-    return model
 
 
 def test_quickstart_numpy_section_runs_as_written() -> None:

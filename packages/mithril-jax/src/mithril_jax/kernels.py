@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mithril.models.rules import window_out_size
+
 __all__ = [
     "conv2d",
     "max_pool2d",
@@ -53,21 +55,12 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None, stride: Pair, paddin
 
 
 # -- pooling geometry -------------------------------------------------------------------
-def _out_size(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
-    """torch's pooling output size (a ceil_mode window must start inside the input or its left padding)."""
-    span = size + 2 * p - d * (k - 1) - 1
-    out = (-(-span // s) if ceil else span // s) + 1
-    if ceil and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
 def _window_padding(shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair, dilation: Pair,
                     ceil: bool) -> tuple[Pair, Padding]:
     """(output size, per-axis (low, high) padding): the bottom/right grow so every ceil_mode window fits."""
     out, pads = [], []
     for size, k, s, p, d in zip(shape[-2:], kernel, stride, padding, dilation):
-        o = _out_size(size, k, s, p, d, ceil)
+        o = window_out_size(size, k, s, p, d, ceil)
         need = (o - 1) * s + d * (k - 1) + 1 - (size + 2 * p)
         out.append(o)
         pads.append((p, p + max(need, 0)))

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from mithril.models.rules import window_out_size
+
 Pair = tuple[int, int]
 
 _erf = np.frompyfunc(math.erf, 1, 1)
@@ -23,14 +25,6 @@ def _pad(x: np.ndarray, padding: Pair, value: float = 0.0) -> np.ndarray:
         return x
     width = [(0, 0)] * (x.ndim - 2) + [(ph, ph), (pw, pw)]
     return np.pad(x, width, constant_values=value)
-
-
-def _out_size(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
-    span = size + 2 * p - d * (k - 1) - 1
-    out = (-(-span // s) if ceil else span // s) + 1
-    if ceil and (out - 1) * s >= size + p:
-        out -= 1
-    return out
 
 
 def _windows(xp: np.ndarray, out: Pair, kernel: Pair, stride: Pair, dilation: Pair) -> np.ndarray:
@@ -54,8 +48,8 @@ def _extra_pad(xp: np.ndarray, out: Pair, kernel: Pair, stride: Pair, dilation: 
 
 def _geometry(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil: bool) -> Pair:
     return (
-        _out_size(x.shape[-2], kernel[0], stride[0], padding[0], dilation[0], ceil),
-        _out_size(x.shape[-1], kernel[1], stride[1], padding[1], dilation[1], ceil),
+        window_out_size(x.shape[-2], kernel[0], stride[0], padding[0], dilation[0], ceil),
+        window_out_size(x.shape[-1], kernel[1], stride[1], padding[1], dilation[1], ceil),
     )
 
 

@@ -8,7 +8,18 @@ from typing import Any
 
 from ..shapes import Dim, Item, Shape, ShapeMismatch, Var, render, resolve, unify
 
-__all__ = ["broadcast", "matmul", "reduce", "transpose", "reshape", "flatten", "normalize_axes"]
+__all__ = [
+    "broadcast",
+    "matmul",
+    "reduce",
+    "transpose",
+    "reshape",
+    "flatten",
+    "normalize_axes",
+    "sliding_window",
+    "same_shape_axis",
+    "window_out_size",
+]
 
 Shapes = dict[str, Shape]
 Attrs = Mapping[str, Any]
@@ -216,7 +227,8 @@ def flatten(shapes: Shapes, attrs: Attrs) -> bool:
     return all(v is not None for v in values) or s == e
 
 
-def _window_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool = False) -> int:
+def window_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool = False) -> int:
+    """Output length of a sliding window (convolution, pooling), with PyTorch's ceil_mode rule."""
     span = size + 2 * pad - dilation * (kernel - 1) - 1
     out = (-(-span // stride) if ceil else span // stride) + 1
     if ceil and (out - 1) * stride >= size + pad:
@@ -247,7 +259,7 @@ def sliding_window(shapes: Shapes, attrs: Attrs) -> bool:
                 f"kernel reach {reach} (kernel_size {kernel[axis]}, dilation {attrs['dilation'][axis]}) is larger "
                 f"than the padded input size {padded} on spatial axis {axis}"
             )
-        value = _window_out(size, kernel[axis], attrs["stride"][axis], attrs["padding"][axis],
+        value = window_out_size(size, kernel[axis], attrs["stride"][axis], attrs["padding"][axis],
                             attrs["dilation"][axis], attrs.get("ceil_mode", False))
         unify([out[len(out) - 2 + axis]], [Dim(value)])
     return done

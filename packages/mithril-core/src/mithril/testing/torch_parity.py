@@ -20,20 +20,18 @@ from ..models import (
     Conv2d,
     CrossEntropyLoss,
     Embedding,
-    Flatten,
     LayerNorm,
     LeakyRelu,
     Linear,
     LogSoftmax,
     MaxPool2d,
-    Model,
     MSELoss,
-    Relu,
     Sigmoid,
     Softmax,
     Tanh,
 )
 from ..models.base import BaseModel
+from .models import quickstart_cnn
 
 __all__ = ["ParityCase", "PARITY_CASES", "quickstart_cnn", "torch_quickstart_cnn", "check_torch_parity"]
 
@@ -49,24 +47,6 @@ class ParityCase:
     names: dict[str, str] = field(default_factory=dict)
     target_classes: int | None = None  # integer targets for classification losses
     float_target: bool = False
-
-
-def quickstart_cnn() -> Model:
-    """The CNN of the quick start, written exactly as there."""
-    cnn = Model()
-    cnn |= Conv2d(in_channels=3, out_channels=16, kernel_size=3, padding=1)(input="input", output="conv1")
-    cnn += BatchNorm2d(num_features=16)(input="conv1", output="bn1")
-    cnn += Relu()(input="bn1", output="relu1")
-    cnn += MaxPool2d(kernel_size=2)(input="relu1", output="pool1")
-    cnn += Conv2d(in_channels=16, out_channels=32, kernel_size=3, padding=1)(input="pool1", output="conv2")
-    cnn += BatchNorm2d(num_features=32)(input="conv2", output="bn2")
-    cnn += Relu()(input="bn2", output="relu2")
-    cnn += MaxPool2d(kernel_size=2)(input="relu2", output="pool2")
-    cnn += Flatten()(input="pool2", output="flat")
-    cnn += Linear(dimension=128)(input="flat", output="fc1")
-    cnn += Relu()(input="fc1", output="relu3")
-    cnn += Linear(dimension=10)(input="relu3", output="output")
-    return cnn
 
 
 def torch_quickstart_cnn(nn: Any, image: int = 32) -> Any:
