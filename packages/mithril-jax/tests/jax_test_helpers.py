@@ -1,4 +1,4 @@
-"""Helpers shared by the JAX plugin's tests: the quick-start MLP and the quick start's param source."""
+"""Helpers shared by the JAX plugin's tests: the quick start's param source."""
 
 from __future__ import annotations
 

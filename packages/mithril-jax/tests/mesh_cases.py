@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
-from jax_test_helpers import quickstart_mlp
 
 import mithril as ml
 from mithril.models import Linear, Model, Relu
+from mithril.testing.models import quickstart_mlp
 from mithril.testing.torch_parity import quickstart_cnn
 
 assert jax.device_count("cpu") == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax_test_helpers import quickstart_mlp
 
 import mithril as ml
 from mithril.models import Linear, Model, Relu, Sum
+from mithril.testing.models import quickstart_mlp
 
 
 # -- construction ---------------------------------------------------------------------

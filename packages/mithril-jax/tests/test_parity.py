@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from jax_test_helpers import quickstart_mlp, torch_available
+from jax_test_helpers import torch_available
 
 import mithril as ml
 from mithril.models import (
@@ -43,6 +43,7 @@ from mithril.models import (
     Transpose,
 )
 from mithril.testing import CASES as KIT_CASES
+from mithril.testing.models import quickstart_mlp
 from mithril_jax.ops import OPS as JAX_OPS
 from mithril_numpy.ops import OPS as NUMPY_OPS
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from jax_test_helpers import quickstart_mlp, source_backend
+from jax_test_helpers import source_backend
 
 import mithril as ml
+from mithril.testing.models import quickstart_mlp
 from mithril.testing.torch_parity import quickstart_cnn
 
 
