@@ -18,7 +18,7 @@ from jax import lax
 
 import mithril as ml
 from mithril.models import Linear, Model, Relu
-from mithril.testing.torch_parity import quickstart_cnn
+from mithril.testing.models import quickstart_cnn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import compare, print_table  # noqa: E402

@@ -65,7 +65,7 @@ def cnn_rows() -> list[tuple[str, float, float, float, float | None]]:
     import numpy as np
 
     import mithril as ml
-    from mithril.testing.torch_parity import quickstart_cnn
+    from mithril.testing.models import quickstart_cnn
 
     backend = ml.NumpyBackend(dtype=ml.float32)
     compiled = ml.compile(quickstart_cnn(), backend, shapes={"input": [32, 3, 32, 32]})

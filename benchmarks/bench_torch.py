@@ -56,7 +56,7 @@ def mlp_rows() -> list[Row]:
 def cnn_rows() -> list[Row]:
     """The quick start CNN in training mode (batch statistics, running statistics updated), batch 32, 3x32x32."""
     import mithril as ml
-    from mithril.testing.torch_parity import quickstart_cnn
+    from mithril.testing.models import quickstart_cnn
 
     backend = ml.TorchBackend(dtype=ml.float32)
     compiled = ml.compile(quickstart_cnn(), backend, shapes={"input": [32, 3, 32, 32]})

@@ -80,7 +80,7 @@ def measure(build: Callable[[], Model], backend_name: str, shape: list[int], rep
 
 def run(backend_name: str) -> dict[str, Any]:
     """Every compile-time measurement for one backend."""
-    from mithril.testing.torch_parity import quickstart_cnn
+    from mithril.testing.models import quickstart_cnn
 
     result: dict[str, Any] = {"backend": backend_name, "mlp": {}}
     for layers in LAYERS:

@@ -58,7 +58,7 @@ def keras_cnn(keras: Any) -> Any:
 def _mithril_models() -> dict[str, tuple[Any, tuple[int, ...], tuple[int, ...]]]:
     """The Mithril quick start MLP and CNN with their input and output shapes."""
     from mithril.models import Linear, Model, Relu
-    from mithril.testing.torch_parity import quickstart_cnn
+    from mithril.testing.models import quickstart_cnn
 
     mlp = Model()
     mlp |= Linear(dimension=64)

@@ -58,7 +58,7 @@ def _step(subject: str) -> Callable[[], Any]:
 
         return torch_step
     import mithril as ml
-    from mithril.testing.torch_parity import quickstart_cnn
+    from mithril.testing.models import quickstart_cnn
 
     if subject == "mithril-torch":
         import torch

@@ -13,7 +13,7 @@ import numpy as np
 
 import mithril as ml
 from mithril.models import CrossEntropyLoss, Model
-from mithril.testing.torch_parity import quickstart_cnn
+from mithril.testing.models import quickstart_cnn
 
 POSITIONS = [(r, c) for r in (0, 4, 8, 12) for c in (0, 6, 12)][:10]
 
