@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Union
@@ -43,20 +44,20 @@ class CompileOptions:
 
 
 class Program:
-    """What `Backend.lower` returns: the generated functions and their source."""
+    """What `Backend.lower` returns: the generated functions and their source.
+
+    `forward(params, inputs)` returns the outputs dict; `forward_backward(params, inputs,
+    output_gradients)` returns (outputs, gradients) and is absent for inference-only programs.
+    """
 
     source: str = ""
-
-    def forward(self, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def forward_backward(
-        self, params: Mapping[str, Any], inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        raise NotImplementedError
+    forward: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+    forward_backward: Callable[
+        [Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], tuple[dict[str, Any], dict[str, Any]]
+    ]
 
 
-class Backend:
+class Backend(ABC):
     """Base class of all backends.
 
     Subclasses set the capability flags, implement the array helpers and `lower`.
@@ -100,37 +101,45 @@ class Backend:
         return {**self.ops, **registry.extra_ops(self.name)}
 
     # -- the array helpers users call --------------------------------------------
+    @abstractmethod
     def array(self, data: Any, dtype: DType | None = None) -> Any:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def to_numpy(self, array: Any) -> Any:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def set_seed(self, seed: int) -> None:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def randn(self, *shape: int, dtype: DType | None = None) -> Any:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def rand(self, *shape: int, dtype: DType | None = None) -> Any:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def ones(self, *shape: int, dtype: DType | None = None) -> Any:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def zeros(self, *shape: int, dtype: DType | None = None) -> Any:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def is_array(self, value: Any) -> bool:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def dtype_of(self, array: Any) -> DType | None:
         """The core dtype of a backend array (None when it has none of ours)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def native_dtype(self, dtype: DType) -> Any:
         """The framework's dtype object for a core dtype."""
-        raise NotImplementedError
 
     def extra_checks(self, var: str) -> list[tuple[str, Any]]:
         """Extra fast-path checks on an argument variable, as (expression, expected value) pairs.
@@ -144,5 +153,6 @@ class Backend:
         return None
 
     # -- lowering ------------------------------------------------------------------
+    @abstractmethod
     def lower(self, graph: Graph, options: CompileOptions) -> Program:
-        raise NotImplementedError
+        """Implemented by each backend."""

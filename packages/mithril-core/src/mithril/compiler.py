@@ -105,7 +105,7 @@ class CompiledModel:
         self.program = program
         self.options = options
         self._forward = program.forward
-        self._forward_backward = program.forward_backward
+        self._forward_backward = program.forward_backward if not options.inference else self._no_gradients
         self._state_updates = {e.name: e.updates for e in graph.outputs if e.updates is not None}
         self.state: dict[str, Any] | None = None
         if graph.state:
@@ -216,12 +216,14 @@ class CompiledModel:
         """
         if output_gradients is None:
             return self._forward(params, _EMPTY if inputs is None else inputs)
-        if self.options.inference:
-            raise UnsupportedError(
-                f"{self.graph.model.describe()} was compiled for inference only; compile without "
-                "inference=True/static_inference=True to get gradients"
-            )
         return self._forward_backward(params, _EMPTY if inputs is None else inputs, output_gradients)
+
+    def _no_gradients(self, *args: Any) -> Any:
+        """forward_backward of a model compiled for inference only."""
+        raise UnsupportedError(
+            f"{self.graph.model.describe()} was compiled for inference only; compile without "
+            "inference=True/static_inference=True to get gradients"
+        )
 
     def _evaluate_stateful(
         self,
@@ -258,11 +260,6 @@ class CompiledModel:
             outputs = self._forward(params, merged)
             grads = None
         else:
-            if self.options.inference:
-                raise UnsupportedError(
-                    f"{self.graph.model.describe()} was compiled for inference only; compile without "
-                    "inference=True/static_inference=True to get gradients"
-                )
             outputs, grads = self._forward_backward(params, merged, output_gradients)
         new_state = {self._state_updates[k]: outputs.pop(k) for k in list(outputs) if k in self._state_updates}
         return (outputs, new_state) if grads is None else (outputs, grads, new_state)

@@ -87,10 +87,10 @@ class JaxProgram(Program):
             self.source += "\n\n" + _forward_backward(key)
         built = self.gen.build(self.source, options.file_path)
         self._raw_forward: Callable[..., Any] = built["forward"]
-        self.forward = self._guard_forward(self._compiled(self._raw_forward, False))  # type: ignore[method-assign]
+        self.forward = self._guard_forward(self._compiled(self._raw_forward, False))
         if not options.inference:
             fb = self._compiled(built["forward_backward"], True)
-            self.forward_backward = self._guard_forward_backward(fb)  # type: ignore[method-assign]
+            self.forward_backward = self._guard_forward_backward(fb)
 
     # -- compilation -----------------------------------------------------------------
     def _compiled(self, fn: Callable[..., Any], with_gradients: bool) -> Callable[..., Any]:

@@ -32,9 +32,9 @@ class NumpyProgram(Program):
         else:
             self.source = vjp_functions(self.gen, self.diagnose, graph.outputs, "np.zeros_like({})", "_partial")
         namespace = self.gen.build(self.source, options.file_path)
-        self.forward = namespace["forward"]  # type: ignore[method-assign]
+        self.forward = namespace["forward"]
         if not options.inference:
-            self.forward_backward = namespace["forward_backward"]  # type: ignore[method-assign]
+            self.forward_backward = namespace["forward_backward"]
 
     def _subset_function(self, edges: list[Edge]) -> Any:
         """forward_backward seeded by the gradients of `edges` only."""

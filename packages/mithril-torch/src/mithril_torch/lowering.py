@@ -64,9 +64,9 @@ class TorchProgram(Program):
         built = self.gen.build(self.source, options.file_path)
         if options.jit:
             self.gen.namespace["_core"] = built["_core"]
-        self.forward = built["forward"]  # type: ignore[method-assign]
+        self.forward = built["forward"]
         if not options.inference:
-            self.forward_backward = built["forward_backward"]  # type: ignore[method-assign]
+            self.forward_backward = built["forward_backward"]
 
     # -- pieces of the generated source ------------------------------------------------
     def _core_source(self, compile_options: Mapping[str, Any]) -> str:
