@@ -17,10 +17,10 @@ import numpy as np
 
 import mithril as ml
 from mithril.backend import Backend, CompileOptions, OpImpl, Program
-from mithril.codegen import PythonCodegen, forward_function, vjp_functions
-from mithril.dtypes import DType, as_dtype
-from mithril.errors import KeyNotFoundError
-from mithril.graph import Graph, Node
+from mithril.codegen import GradientSubsets, PythonCodegen, forward_function, vjp_functions
+from mithril.dtypes import DType
+from mithril.graph import Edge, Graph, Node
+from mithril.host_arrays import HostArrays
 from mithril.validation import make_diagnose
 from mithril_numpy import ops as numpy_ops
 from mithril_numpy import vjps as numpy_vjps
@@ -31,14 +31,6 @@ __all__ = ["TracerBackend", "OpRecord", "Trace", "UNSUPPORTED"]
 # UnsupportedError naming it (the conformance kit checks that).
 UNSUPPORTED = frozenset({"conv2d", "max_pool2d", "avg_pool2d", "dropout"})
 
-_NATIVE: dict[DType, np.dtype[Any]] = {
-    ml.float32: np.dtype(np.float32),
-    ml.float64: np.dtype(np.float64),
-    ml.int32: np.dtype(np.int32),
-    ml.int64: np.dtype(np.int64),
-    ml.bool: np.dtype(np.bool_),
-}
-_CORE = {v: k for k, v in _NATIVE.items()}
 
 Shape = tuple[int, ...]
 
@@ -95,18 +87,17 @@ class TracerProgram(Program):
             **numpy_ops.NAMESPACE,
             **numpy_vjps.NAMESPACE,
             "_record": backend.record,
-            "_partial": self._partial,
+            "_partial": GradientSubsets(graph, self._subset_function),
         }
         self.gen = TracingCodegen(graph, backend, backend.op_table(), namespace, numpy_vjps.VJPS)
         self.diagnose = self.gen.constant(make_diagnose(graph, backend), "diagnose")
-        self._subsets: dict[frozenset[str], Any] = {}
         if options.inference:
             self.source = forward_function(self.gen, self.diagnose)
         else:
             self.source = vjp_functions(self.gen, self.diagnose, graph.outputs, "np.zeros_like({})", "_partial")
         functions = self.gen.build(self.source, options.file_path)
         self._forward = functions["forward"]
-        self._forward_backward = functions.get("forward_backward")
+        self._forward_backward = functions.get("forward_backward")  # absent when compiled for inference
 
     def forward(self, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
         self.backend.begin("forward")
@@ -116,30 +107,17 @@ class TracerProgram(Program):
     def forward_backward(
         self, params: Mapping[str, Any], inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        assert self._forward_backward is not None, "compiled for inference only"
         self.backend.begin("forward_backward")
         result: tuple[dict[str, Any], dict[str, Any]] = self._forward_backward(params, inputs, output_gradients)
         return result
 
-    def _partial(self, params: Any, inputs: Any, output_gradients: Mapping[str, Any]) -> Any:
-        """Gradients for a subset of the outputs: one generated function per subset, built on first use."""
-        names = {e.name for e in self.graph.outputs if e.updates is None}
-        if not isinstance(output_gradients, Mapping):
-            raise TypeError("output_gradients must be a dict keyed by output name")
-        if not output_gradients or not set(output_gradients) <= names:
-            raise KeyNotFoundError(
-                f"{self.graph.model.describe()}: output_gradients keys {sorted(map(str, output_gradients))} "
-                f"must be a non-empty subset of the outputs {sorted(names)}"
-            )
-        key = frozenset(output_gradients)
-        if key not in self._subsets:
-            edges = [e for e in self.graph.outputs if e.name in key]
-            source = vjp_functions(self.gen, self.diagnose, edges, "np.zeros_like({})", None)
-            self._subsets[key] = self.gen.build(source)["forward_backward"]
-        return self._subsets[key](params, inputs, output_gradients)
+    def _subset_function(self, edges: list[Edge]) -> Any:
+        """forward_backward seeded by the gradients of `edges` only (the core caches one per subset)."""
+        source = vjp_functions(self.gen, self.diagnose, edges, "np.zeros_like({})", None)
+        return self.gen.build(source)["forward_backward"]
 
 
-class TracerBackend(Backend):
+class TracerBackend(HostArrays, Backend):
     """NumPy on the CPU (float32, float64) with an op-level trace of every evaluate call.
 
     history: how many traces `backend.history` keeps (the oldest are dropped).
@@ -174,54 +152,6 @@ class TracerBackend(Backend):
             shapes_in = tuple(np.shape(x) for x in inputs)
             self.trace.ops.append(OpRecord(primitive, path, phase, shapes_in, tuple(np.shape(y) for y in outputs)))
         return value
-
-    # -- dtypes ------------------------------------------------------------------------
-    def native_dtype(self, dtype: DType) -> np.dtype[Any]:
-        return _NATIVE[dtype]
-
-    def dtype_of(self, array: Any) -> DType | None:
-        return _CORE.get(getattr(array, "dtype", None))  # type: ignore[arg-type]
-
-    def is_array(self, value: Any) -> bool:
-        return isinstance(value, (np.ndarray, np.generic))
-
-    def _native(self, dtype: DType | None) -> np.dtype[Any]:
-        return _NATIVE[self.dtype if dtype is None else as_dtype(dtype)]
-
-    # -- array helpers ---------------------------------------------------------------------
-    def array(self, data: Any, dtype: DType | None = None) -> np.ndarray:
-        """A NumPy array; floating data takes the backend dtype unless `dtype` says otherwise."""
-        arr = np.asarray(data)
-        if dtype is not None or arr.dtype.kind == "f":
-            return arr.astype(self._native(dtype), copy=False)
-        return arr
-
-    def to_numpy(self, array: Any) -> np.ndarray:
-        return np.asarray(array)
-
-    def set_seed(self, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
-
-    def randn(self, *shape: int, dtype: DType | None = None) -> np.ndarray:
-        return self._rng.standard_normal(shape, dtype=self._native(dtype))
-
-    def rand(self, *shape: int, dtype: DType | None = None) -> np.ndarray:
-        return self._rng.random(shape, dtype=self._native(dtype))
-
-    def ones(self, *shape: int, dtype: DType | None = None) -> np.ndarray:
-        return np.ones(shape, self._native(dtype))
-
-    def zeros(self, *shape: int, dtype: DType | None = None) -> np.ndarray:
-        return np.zeros(shape, self._native(dtype))
-
-    def mean(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
-        return np.mean(x, axis=axis, keepdims=keepdim)
-
-    def sum(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
-        return np.sum(x, axis=axis, keepdims=keepdim)
-
-    def matmul(self, a: Any, b: Any) -> Any:
-        return np.matmul(a, b)
 
     # -- lowering ------------------------------------------------------------------------------
     def lower(self, graph: Graph, options: CompileOptions) -> TracerProgram:

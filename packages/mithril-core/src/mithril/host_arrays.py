@@ -1,0 +1,113 @@
+"""Array helpers for backends whose arrays are host NumPy arrays (NumPy, GGML, tracers).
+
+Imported by those plugins only, so `import mithril` still loads no array library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import dtypes
+from .dtypes import DType
+
+__all__ = ["HostArrays", "NUMPY_DTYPES"]
+
+NUMPY_DTYPES: dict[DType, np.dtype[Any]] = {
+    dtypes.float16: np.dtype(np.float16),
+    dtypes.float32: np.dtype(np.float32),
+    dtypes.float64: np.dtype(np.float64),
+    dtypes.int32: np.dtype(np.int32),
+    dtypes.int64: np.dtype(np.int64),
+    dtypes.bool_: np.dtype(np.bool_),
+}
+_CORE = {v: k for k, v in NUMPY_DTYPES.items()}
+
+
+class HostArrays:
+    """The user-facing array helpers on NumPy arrays in the backend's dtype, with a seeded generator.
+
+    Mixed into a `Backend` subclass (before it): needs `self.dtype`, and `self._rng` set in `__init__`.
+    """
+
+    dtype: DType
+    _rng: np.random.Generator
+
+    def native_dtype(self, dtype: DType) -> Any:
+        return NUMPY_DTYPES[dtype]
+
+    def dtype_of(self, array: Any) -> DType | None:
+        return _CORE.get(getattr(array, "dtype", None))  # type: ignore[arg-type]
+
+    def is_array(self, value: Any) -> bool:
+        return isinstance(value, (np.ndarray, np.generic))
+
+    def _np_dtype(self, dtype: DType | None) -> np.dtype[Any]:
+        return NUMPY_DTYPES[self.dtype if dtype is None else dtypes.as_dtype(dtype)]
+
+    def array(self, data: Any, dtype: DType | None = None) -> np.ndarray:
+        """A NumPy array; floating data takes the backend dtype unless `dtype` says otherwise."""
+        arr = np.asarray(data)
+        if dtype is not None or arr.dtype.kind in "fV":
+            return arr.astype(self._np_dtype(dtype), copy=False)
+        return arr
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def set_seed(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def _draw(self, draw: Any, shape: tuple[int, ...], dtype: DType | None) -> np.ndarray:
+        dt = self._np_dtype(dtype)
+        native = dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
+        return draw(shape, dtype=native).astype(dt, copy=False)
+
+    def randn(self, *shape: int, dtype: DType | None = None) -> np.ndarray:
+        return self._draw(self._rng.standard_normal, shape, dtype)
+
+    def rand(self, *shape: int, dtype: DType | None = None) -> np.ndarray:
+        return self._draw(self._rng.random, shape, dtype)
+
+    def ones(self, *shape: int, dtype: DType | None = None) -> np.ndarray:
+        return np.ones(shape, self._np_dtype(dtype))
+
+    def zeros(self, *shape: int, dtype: DType | None = None) -> np.ndarray:
+        return np.zeros(shape, self._np_dtype(dtype))
+
+    def mean(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
+        return np.mean(x, axis=axis, keepdims=keepdim)
+
+    def sum(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
+        return np.sum(x, axis=axis, keepdims=keepdim)
+
+    def max(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
+        return np.max(x, axis=axis, keepdims=keepdim)
+
+    def argmax(self, x: Any, axis: int | None = None) -> Any:
+        return np.argmax(x, axis=axis)
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        return np.matmul(a, b)
+
+    def exp(self, x: Any) -> Any:
+        return np.exp(x)
+
+    def log(self, x: Any) -> Any:
+        return np.log(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return np.sqrt(x)
+
+    def abs(self, x: Any) -> Any:
+        return np.abs(x)
+
+    def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
+        return np.reshape(x, shape)
+
+    def transpose(self, x: Any, axes: tuple[int, ...] | None = None) -> Any:
+        return np.transpose(x, axes)
+
+    def concat(self, arrays: list[Any], axis: int = 0) -> Any:
+        return np.concatenate(arrays, axis=axis)
