@@ -42,10 +42,20 @@ def test_available_backends_lists_installed_plugins_with_distribution(run_python
 
 
 FAKE_PLUGIN = """
-import mithril as ml
+import numpy as np
 
-class FakeBackend(ml.Backend):
+import mithril as ml
+from mithril.host_arrays import HostArrays
+
+class FakeBackend(HostArrays, ml.Backend):
     name = "fake"
+
+    def __init__(self, dtype=ml.float32, device="cpu"):
+        super().__init__(dtype, device)
+        self._rng = np.random.default_rng()
+
+    def lower(self, graph, options):
+        raise ml.UnsupportedError("the fake backend compiles nothing")
 
 class FakePlugin:
     @ml.hookimpl
@@ -101,3 +111,20 @@ def test_plugin_that_fails_to_import_is_reported_and_others_still_work(
         """
     )
     assert run_python(code, env={"PYTHONPATH": str(tmp_path)}).stdout.strip() == "ok"
+
+
+INCOMPLETE_BACKEND = """
+import mithril as ml
+
+class Incomplete(ml.Backend):
+    name = "incomplete"
+
+try:
+    Incomplete()
+except TypeError as exc:
+    print("refused:", "lower" in str(exc) and "randn" in str(exc))
+"""
+
+
+def test_a_backend_missing_part_of_the_contract_cannot_be_created(run_python: RunPython) -> None:
+    assert run_python(INCOMPLETE_BACKEND).stdout.strip() == "refused: True"
