@@ -12,31 +12,13 @@ import pytest
 
 import mithril as ml
 import mithril_ggml
-from mithril.models import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Model, Relu
 from mithril.testing import CASES, Case, check_case
-from mithril.testing.models import quickstart_mlp
+from mithril.testing.models import quickstart_cnn, quickstart_mlp
 
 # Cases ggml cannot run at all, and cases it runs forward but cannot differentiate.
 NO_FORWARD = {"pow", "max_pool2d_padded", "avg_pool2d_padded_exclusive"}
 NO_GRADIENT = {"gelu", "conv2d_groups_nobias"}
 
-
-
-def quickstart_cnn() -> Model:
-    cnn = Model()
-    cnn |= Conv2d(in_channels=3, out_channels=16, kernel_size=3, padding=1)(input="input", output="conv1")
-    cnn += BatchNorm2d(num_features=16)(input="conv1", output="bn1")
-    cnn += Relu()(input="bn1", output="relu1")
-    cnn += MaxPool2d(kernel_size=2)(input="relu1", output="pool1")
-    cnn += Conv2d(in_channels=16, out_channels=32, kernel_size=3, padding=1)(input="pool1", output="conv2")
-    cnn += BatchNorm2d(num_features=32)(input="conv2", output="bn2")
-    cnn += Relu()(input="bn2", output="relu2")
-    cnn += MaxPool2d(kernel_size=2)(input="relu2", output="pool2")
-    cnn += Flatten()(input="pool2", output="flat")
-    cnn += Linear(dimension=128)(input="flat", output="fc1")
-    cnn += Relu()(input="fc1", output="relu3")
-    cnn += Linear(dimension=10)(input="relu3", output="output")
-    return cnn
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
