@@ -17,8 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import mithril as ml
-from mithril.models import Linear, Model, Relu
-from mithril.testing.models import quickstart_cnn
+from mithril.testing.models import quickstart_cnn, quickstart_mlp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import compare, print_table  # noqa: E402
@@ -142,10 +141,7 @@ def cnn_rows() -> list[Row]:
 
 def main() -> None:
     """Time both sides and print the table."""
-    model = Model()
-    model |= Linear(dimension=64)
-    model += Relu()
-    model += Linear(dimension=10)
+    model = quickstart_mlp()
     backend = ml.JaxBackend(dtype=ml.float32)
     compiled = ml.compile(model, backend, shapes={"input": [32, 20]}, jit=True)
     params = compiled.randomize_params(seed=0)

@@ -23,12 +23,9 @@ def mlp_rows() -> list[tuple[str, float, float, float, float | None]]:
     import numpy as np
 
     import mithril as ml
-    from mithril.models import Linear, Model, Relu
+    from mithril.testing.models import quickstart_mlp
 
-    model = Model()
-    model |= Linear(dimension=64)
-    model += Relu()
-    model += Linear(dimension=10)
+    model = quickstart_mlp()
     backend = ml.NumpyBackend(dtype=ml.float32)
     compiled = ml.compile(model, backend, shapes={"input": [32, 20]})
     params = compiled.randomize_params(seed=0)

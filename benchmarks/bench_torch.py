@@ -19,12 +19,9 @@ Row = tuple[str, float, float, float, float | None]
 def mlp_rows() -> list[Row]:
     """Forward (no_grad) and forward+backward (torch.autograd.grad) of MLP 20-64-10, batch 32, float32."""
     import mithril as ml
-    from mithril.models import Linear, Model, Relu
+    from mithril.testing.models import quickstart_mlp
 
-    model = Model()
-    model |= Linear(dimension=64)
-    model += Relu()
-    model += Linear(dimension=10)
+    model = quickstart_mlp()
     backend = ml.TorchBackend(dtype=ml.float32)
     compiled = ml.compile(model, backend, shapes={"input": [32, 20]})
     params = compiled.randomize_params(seed=0)

@@ -57,14 +57,9 @@ def keras_cnn(keras: Any) -> Any:
 
 def _mithril_models() -> dict[str, tuple[Any, tuple[int, ...], tuple[int, ...]]]:
     """The Mithril quick start MLP and CNN with their input and output shapes."""
-    from mithril.models import Linear, Model, Relu
-    from mithril.testing.models import quickstart_cnn
+    from mithril.testing.models import quickstart_cnn, quickstart_mlp
 
-    mlp = Model()
-    mlp |= Linear(dimension=64)
-    mlp += Relu()
-    mlp += Linear(dimension=10)
-    return {"MLP": (mlp, MLP_SHAPE, (32, 10)), "CNN": (quickstart_cnn(), CNN_SHAPE, (32, 10))}
+    return {"MLP": (quickstart_mlp(), MLP_SHAPE, (32, 10)), "CNN": (quickstart_cnn(), CNN_SHAPE, (32, 10))}
 
 
 def _keras_calls(backend: str, model: Any, x: Any, g: Any) -> tuple[Callable[[], Any], Any]:
