@@ -16,6 +16,7 @@ from typing import Any
 from .backend import Backend, Kernel, OpImpl
 from .errors import KeyNotFoundError, UnsupportedError
 from .graph import Edge, Graph, Node
+from .models.rules import flatten_span
 from .shapes import Dim, Var, resolve
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "forward_function",
     "vjp_functions",
     "free_after_last_use",
+    "keyword_call",
+    "flatten_shape",
 ]
 
 _RESERVED = {"params", "inputs", "output_gradients", "state"}
@@ -229,6 +232,28 @@ class PythonCodegen:
 def function(name: str, params: str, body: Sequence[str]) -> str:
     """Source of a function with an indented body."""
     return f"def {name}({params}):\n" + "".join(f"    {line}\n" for line in body)
+
+
+def keyword_call(fn: str, inputs: tuple[str, ...], attrs: tuple[str, ...]) -> Callable[[Node, Mapping[str, str]], str]:
+    """An op calling kernel `fn` with every input positionally (None when absent), then the named attributes."""
+
+    def emit(node: Node, a: Mapping[str, str]) -> str:
+        args = [a.get(k, "None") for k in inputs] + [repr(node.attrs[k]) for k in attrs]
+        return f"{fn}({', '.join(args)})"
+
+    return emit
+
+
+def flatten_shape(node: Node, x: str) -> str:
+    """The target-shape expression of a flatten node applied to variable `x` (needs the rank at compile time)."""
+    shape = static_shape(node.inputs["input"])
+    if shape is None:
+        raise ValueError(f"{node.path}: flatten needs the rank of its input at compile time; give ml.compile shapes=")
+    span = flatten_span(node.attrs["start_dim"], node.attrs["end_dim"], len(shape))
+    if span is None:
+        return "(1,)"
+    s, e = span
+    return f"{x}.shape[:{s}] + (-1,) + {x}.shape[{e + 1}:]"
 
 
 def _shape_check(var: str, edge: Edge) -> tuple[str, tuple[Any, ...]] | None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from mithril.errors import ShapeError, UnsupportedError
 from mithril.graph import Edge, Node
-from mithril.models.rules import normalize_axes
+from mithril.models.rules import flatten_span, normalize_axes
 
 __all__ = ["T", "Builder", "OPS", "GRAD_PROBLEMS", "ne4", "check_node", "prefers_out_prod"]
 
@@ -500,11 +500,10 @@ def _dropout(b: Builder, node: Node, x: Inputs) -> dict[str, T]:
 
 def _flatten(b: Builder, node: Node, x: Inputs) -> T:
     inp = x["input"]
-    rank = len(inp.shape)
-    if rank == 0:
+    span = flatten_span(node.attrs["start_dim"], node.attrs["end_dim"], len(inp.shape))
+    if span is None:
         return b.reshape(inp, (1,))
-    s = normalize_axes(node.attrs["start_dim"], rank)[0]
-    e = normalize_axes(node.attrs["end_dim"], rank)[0]
+    s, e = span
     return b.reshape(inp, (*inp.shape[:s], math.prod(inp.shape[s : e + 1]), *inp.shape[e + 1 :]))
 
 

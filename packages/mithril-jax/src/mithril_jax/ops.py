@@ -19,9 +19,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from mithril.backend import OpImpl
-from mithril.codegen import static_shape
+from mithril.codegen import flatten_shape, keyword_call
 from mithril.graph import Node
-from mithril.models.rules import normalize_axes
 
 from . import kernels
 
@@ -52,26 +51,7 @@ def linear(node: Node, a: Mapping[str, str]) -> str:
 
 def flatten(node: Node, a: Mapping[str, str]) -> str:
     """torch.flatten(start_dim, end_dim) as one reshape; needs the input rank at compile time."""
-    shape = static_shape(node.inputs["input"])
-    if shape is None:
-        raise ValueError(f"{node.path}: flatten needs the rank of its input at compile time; give ml.compile shapes=")
-    rank = len(shape)
-    x = a["input"]
-    if rank == 0:
-        return f"jnp.reshape({x}, (1,))"
-    s = normalize_axes(node.attrs["start_dim"], rank)[0]
-    e = normalize_axes(node.attrs["end_dim"], rank)[0]
-    return f"jnp.reshape({x}, {x}.shape[:{s}] + (-1,) + {x}.shape[{e + 1}:])"
-
-
-def keyword_call(fn: str, inputs: tuple[str, ...], attrs: tuple[str, ...]) -> OpImpl:
-    """An op calling kernel `fn` with every input (None when absent) and the named attributes."""
-
-    def emit(node: Node, a: Mapping[str, str]) -> str:
-        args = [a.get(k, "None") for k in inputs] + [repr(node.attrs[k]) for k in attrs]
-        return f"{fn}({', '.join(args)})"
-
-    return emit
+    return f"jnp.reshape({a['input']}, {flatten_shape(node, a['input'])})"
 
 
 def dropout(node: Node, a: Mapping[str, str]) -> str:

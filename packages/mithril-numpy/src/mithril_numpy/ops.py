@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 
 from mithril.backend import Kernel, OpImpl
-from mithril.codegen import static_shape
+from mithril.codegen import flatten_shape, keyword_call
 from mithril.graph import Node
-from mithril.models.rules import normalize_axes
 
 from . import kernels
 
-__all__ = ["OPS", "NAMESPACE", "keyword_call"]
+__all__ = ["OPS", "NAMESPACE"]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -28,25 +27,7 @@ def linear(node: Node, a: Mapping[str, str]) -> str:
 
 
 def flatten(node: Node, a: Mapping[str, str]) -> str:
-    shape = static_shape(node.inputs["input"])
-    assert shape is not None, "flatten needs the input rank at compile time"
-    rank = len(shape)
-    if rank == 0:
-        return f"{a['input']}.reshape(1)"
-    s = normalize_axes(node.attrs["start_dim"], rank)[0]
-    e = normalize_axes(node.attrs["end_dim"], rank)[0]
-    x = a["input"]
-    return f"{x}.reshape({x}.shape[:{s}] + (-1,) + {x}.shape[{e + 1}:])"
-
-
-def keyword_call(fn: str, inputs: tuple[str, ...], attrs: tuple[str, ...]) -> OpImpl:
-    """An op calling kernel `fn` with every input (None when absent) and the named attributes."""
-
-    def emit(node: Node, a: Mapping[str, str]) -> str:
-        args = [a.get(k, "None") for k in inputs] + [repr(node.attrs[k]) for k in attrs]
-        return f"{fn}({', '.join(args)})"
-
-    return emit
+    return f"{a['input']}.reshape({flatten_shape(node, a['input'])})"
 
 
 def _axis_call(fn: str) -> OpImpl:

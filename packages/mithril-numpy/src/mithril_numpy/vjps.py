@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from mithril.backend import OpImpl
-from mithril.codegen import static_shape
+from mithril.codegen import keyword_call, static_shape
 from mithril.graph import Node
 from mithril.models.rules import normalize_axes
 
 from . import kernels
-from .ops import POOL_ATTRS, keyword_call
+from .ops import POOL_ATTRS
 
 __all__ = ["VJPS", "NAMESPACE"]
 

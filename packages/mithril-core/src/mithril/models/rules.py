@@ -15,6 +15,7 @@ __all__ = [
     "transpose",
     "reshape",
     "flatten",
+    "flatten_span",
     "normalize_axes",
     "sliding_window",
     "same_shape_axis",
@@ -206,19 +207,27 @@ def reshape(shapes: Shapes, attrs: Attrs) -> bool:
     return True
 
 
+def flatten_span(start_dim: int, end_dim: int, rank: int) -> tuple[int, int] | None:
+    """The axes (first, last) that flatten merges in a rank-`rank` input; None for a scalar (becomes [1])."""
+    if rank == 0:
+        return None
+    s, e = normalize_axes(start_dim, rank)[0], normalize_axes(end_dim, rank)[0]
+    if s > e:
+        raise ShapeMismatch(f"flatten start_dim {start_dim} comes after end_dim {end_dim} for rank {rank}")
+    return s, e
+
+
 def flatten(shapes: Shapes, attrs: Attrs) -> bool:
     """torch.flatten(input, start_dim, end_dim)."""
     a = resolve(shapes["input"].items)
     start, end = attrs["start_dim"], attrs["end_dim"]
     if _has_var(a) >= 0:
         return False
-    rank = len(a)
-    if rank == 0:
+    span = flatten_span(start, end, len(a))
+    if span is None:
         unify(shapes["output"].items, [Dim(1)])
         return True
-    s, e = normalize_axes(start, rank)[0], normalize_axes(end, rank)[0]
-    if s > e:
-        raise ShapeMismatch(f"flatten start_dim {start} comes after end_dim {end} for rank {rank}")
+    s, e = span
     values = [_value(d) for d in a[s : e + 1]]
     merged = Dim(math.prod(values)) if all(v is not None for v in values) else Dim()  # type: ignore[arg-type]
     if s == e:
