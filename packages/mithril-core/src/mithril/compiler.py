@@ -107,6 +107,7 @@ class CompiledModel:
         self._forward = program.forward
         self._forward_backward = program.forward_backward if not options.inference else self._no_gradients
         self._state_updates = {e.name: e.updates for e in graph.outputs if e.updates is not None}
+        self._state_key_set = frozenset(e.name for e in graph.state)
         self.state: dict[str, Any] | None = None
         if graph.state:
             self.evaluate = self._evaluate_stateful  # type: ignore[method-assign]
@@ -250,7 +251,7 @@ class CompiledModel:
         Returns (outputs, new_state), or (outputs, gradients, new_state) with
         output_gradients. The compiled model's own `state` is not touched.
         """
-        if not isinstance(state, Mapping) or set(state) != set(self.state_keys):
+        if not isinstance(state, Mapping) or state.keys() != self._state_key_set:
             given = sorted(state) if isinstance(state, Mapping) else type(state).__name__
             raise KeyNotFoundError(
                 f"{self.graph.model.describe()}: state must have exactly the keys {self.state_keys}, got {given}"
