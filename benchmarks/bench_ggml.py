@@ -73,6 +73,40 @@ def memory_bound_rows(threads: int | None) -> list[Row]:
     ]
 
 
+def accuracy_table(seeds: int = 5) -> None:
+    """Relative output error of quantized quick start models against float32 GGML, on held-out inputs."""
+    import numpy as np
+
+    import mithril as ml
+    import mithril_ggml
+    from mithril.testing.models import quickstart_cnn, quickstart_mlp
+
+    models = {"MLP 20-64-10 b32": (quickstart_mlp, [32, 20]), "CNN 3x16x16 b8": (quickstart_cnn, [8, 3, 16, 16])}
+    print("\nQuantized vs float32 output, relative error over", seeds, "seeds (calibrated: 512 samples, GPTQ)")
+    print(f"{'case':44s} {'mean':>8s} {'max':>8s}  target")
+    for name, (build, size) in models.items():
+        for mode, target in (("float16", None), ("int8", 0.01), ("int4", 0.05)):
+            for calibrated in (False, True) if mode != "float16" else (False,):
+                errors = []
+                for seed in range(seeds):
+                    rng = np.random.default_rng(seed)
+                    base = ml.compile(build(), ml.GGMLBackend(), shapes={"input": size}, static_inference=True)
+                    quantized = ml.compile(build(), ml.GGMLBackend(quantize=mode), shapes={"input": size},
+                                           static_inference=True)
+                    params = base.randomize_params(seed=seed)
+                    if calibrated:
+                        samples = [{"input": rng.standard_normal(size).astype(np.float32)}
+                                   for _ in range(512 // size[0])]
+                        mithril_ggml.calibrate(quantized, params, samples)
+                    x = {"input": rng.standard_normal(size).astype(np.float32)}
+                    want = base.evaluate(params, x)["output"]
+                    got = quantized.evaluate(params, x)["output"]
+                    errors.append(float(np.linalg.norm(got - want) / np.linalg.norm(want)))
+                label = f"{name}, {mode}{' calibrated' if calibrated else ''}"
+                verdict = "" if target is None else f"{target:.2f}  {'ok' if max(errors) < target else 'MISS'}"
+                print(f"{label:44s} {np.mean(errors):8.4f} {max(errors):8.4f}  {verdict}")
+
+
 def main() -> None:
     t0 = time.perf_counter()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -82,6 +116,7 @@ def main() -> None:
         label = "all cores" if threads is None else f"{threads} thread"
         print_table(f"Memory-bound MLP, {label}: quantized weights (ratio = first / second)",
                     memory_bound_rows(threads))
+    accuracy_table()
     print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f} s")
 
 

@@ -2,10 +2,11 @@
 
 from typing import Any
 
-__all__ = ["GGMLBackend", "save_gguf", "load_gguf", "GGUFParams", "quantization_report"]
+__all__ = ["GGMLBackend", "calibrate", "save_gguf", "load_gguf", "GGUFParams", "quantization_report"]
 
 _HOMES = {
     "GGMLBackend": "backend",
+    "calibrate": "calibration",
     "save_gguf": "gguf_io",
     "load_gguf": "gguf_io",
     "GGUFParams": "gguf_io",

@@ -19,7 +19,7 @@ import numpy as np
 
 from mithril.errors import KeyNotFoundError
 
-from .lowering import GGMLProgram
+from .lowering import program_of
 from .quant import TYPE_NAMES
 
 __all__ = ["save_gguf", "load_gguf", "GGUFParams"]
@@ -43,16 +43,9 @@ class GGUFParams(dict):  # type: ignore[type-arg]
         self.quantize = quantize
 
 
-def _program(compiled: Any) -> GGMLProgram:
-    program = getattr(compiled, "program", None)
-    if not isinstance(program, GGMLProgram):
-        raise TypeError(f"save_gguf needs a model compiled for the GGML backend, got {compiled!r}")
-    return program
-
-
 def save_gguf(compiled: Any, params: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write `params`, converted to the storage types of `compiled`, to a GGUF file."""
-    program = _program(compiled)
+    program = program_of(compiled, "save_gguf")
     missing = [n for n in program.param_names if n not in params]
     if missing:
         raise KeyNotFoundError(f"save_gguf: params is missing {missing}; expected keys {program.param_names}")

@@ -34,7 +34,7 @@ from .ops import GRAD_PROBLEMS, OPS, Builder, T, check_node, ne4, prefers_out_pr
 if TYPE_CHECKING:
     from .backend import GGMLBackend
 
-__all__ = ["GGMLProgram", "quantization_report"]
+__all__ = ["GGMLProgram", "program_of", "quantization_report"]
 
 _CPU = G.ggml_backend_cpu_init()  # also initialises ggml's CPU tables; kept for the process lifetime
 _CPU_BUFT = G.ggml_backend_get_default_buffer_type(_CPU)
@@ -117,7 +117,7 @@ class _Instance:
     """One static ggml graph for fixed input shapes (and, for gradients, fixed seeded outputs)."""
 
     def __init__(self, program: GGMLProgram, store: _WeightStore, input_shapes: tuple[tuple[int, ...], ...],
-                 grad_keys: frozenset[str] | None) -> None:
+                 grad_keys: frozenset[str] | None, taps: tuple[Edge, ...] = ()) -> None:
         graph = program.graph
         self.grad = grad_keys is not None
         budget = sum(48 + 8 * n.attrs.get("groups", 1) for n in graph.nodes) * (4 if self.grad else 1) + 64
@@ -157,7 +157,7 @@ class _Instance:
             for key, edge in node.outputs.items():
                 values[edge] = results[key]
                 _check_shape(node, edge, results[key])
-        outputs = {e.name: builder.cont(values[e]) for e in graph.outputs}
+        outputs = {e.name: builder.cont(values[e]) for e in (*graph.outputs, *taps)}
         self.macs = sum(_macs(n, values) for n in graph.nodes)
         self.seeds: list[tuple[Any, str]] = []
         self.grads: list[tuple[str, Any, tuple[int, ...]]] = []
@@ -312,6 +312,7 @@ class GGMLProgram(Program):
         self._prepared: OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], list[np.ndarray]]] = OrderedDict()
         self.grad_problem = None if options.inference else self._find_grad_problem()
         self._report: dict[str, str] | None = None
+        self.calibration: dict[str, np.ndarray] = {}
         self._build_static()
 
     # -- compile-time work -----------------------------------------------------------
@@ -391,10 +392,26 @@ class GGMLProgram(Program):
             if hit is not None and hit[0] == kind and hit[1] is array:
                 out.append(hit[2])
             else:
-                out.append(quant.prepare(array, kind))
+                out.append(quant.prepare(array, kind, self.calibration.get(name)))
         by_name = dict(zip(self.param_names, out))
         out.extend(np.ascontiguousarray(by_name[name].T) for name in store.transposed)
         return out
+
+    def calibrate(self, hessians: dict[str, np.ndarray]) -> None:
+        """Quantize weights with GPTQ on these input Gram matrices from now on (see calibration.py)."""
+        self.calibration = hessians
+        self._prepared.clear()
+        for store in self._stores.values():
+            store.loaded = None
+        self._last_store = None
+
+    def activations(
+        self, params: Mapping[str, Any], inputs: Mapping[str, Any], taps: tuple[Edge, ...]
+    ) -> dict[str, Any]:
+        """Outputs and the values of the `taps` edges, from a graph built for this call only."""
+        xs, ps = self._check(params, inputs)
+        store = self._weights(params, ps)
+        return _Instance(self, store, tuple(tuple(x.shape) for x in xs), None, taps).run(xs)
 
     @property
     def quantization_report(self) -> dict[str, str]:
@@ -443,9 +460,14 @@ class GGMLProgram(Program):
         return outputs, inst.gradients()
 
 
-def quantization_report(compiled: Any) -> dict[str, str]:
-    """Storage type of each parameter of a model compiled for ggml (see `GGMLProgram`)."""
+def program_of(compiled: Any, caller: str) -> GGMLProgram:
+    """The GGML program of a compiled model, or a TypeError naming `caller`."""
     program = getattr(compiled, "program", None)
     if not isinstance(program, GGMLProgram):
-        raise TypeError(f"quantization_report needs a model compiled for the GGML backend, got {compiled!r}")
-    return program.quantization_report
+        raise TypeError(f"{caller} needs a model compiled for the GGML backend, got {compiled!r}")
+    return program
+
+
+def quantization_report(compiled: Any) -> dict[str, str]:
+    """Storage type of each parameter of a model compiled for ggml (see `GGMLProgram`)."""
+    return program_of(compiled, "quantization_report").quantization_report
