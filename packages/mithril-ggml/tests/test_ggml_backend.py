@@ -173,6 +173,43 @@ def test_static_shapes_build_the_graph_at_compile_time() -> None:
     compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes={"input": [3, 20]})
     (store,) = compiled.program._stores.values()
     assert list(store.instances) == [((3, 20),)]
+    assert "def forward(params, inputs):" in compiled.program.source  # the inlined static forward
+
+
+def test_static_forward_converts_weights_once_per_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mithril_ggml import quant
+
+    converts = []
+    real_prepare = quant.prepare
+    monkeypatch.setattr(quant, "prepare", lambda *a: converts.append(1) or real_prepare(*a))
+    compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes={"input": [4, 20]})
+    reference = ml.compile(quickstart_mlp(), ml.NumpyBackend(), shapes={"input": [4, 20]})
+    first, second = compiled.randomize_params(seed=12), compiled.randomize_params(seed=13)
+    x = {"input": np.random.default_rng(0).standard_normal((4, 20)).astype(np.float32)}
+    for params, total in ((first, 4), (first, 4), ({**first}, 4), (second, 8), (first, 8)):
+        got = compiled.evaluate(params, x)["output"]
+        assert relative_error(got, reference.evaluate(params, x)["output"]) < 1e-5 and len(converts) == total
+    changed = {**first, "linear_1.bias": first["linear_1.bias"] + 1}
+    np.testing.assert_allclose(compiled.evaluate(changed, x)["output"], got + 1, rtol=1e-5, atol=1e-5)
+    assert len(converts) == 12
+
+
+def test_ggml_buffers_are_freed_with_the_compiled_model_without_waiting_for_gc() -> None:
+    import gc
+    import weakref
+
+    for shapes in ({"input": [4, 20]}, None):
+        compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes=shapes)
+        params = ml.compile(quickstart_mlp(), ml.NumpyBackend(), shapes={"input": [4, 20]}).randomize_params(seed=14)
+        compiled.evaluate(params, {"input": np.ones((4, 20), np.float32)})
+        (store,) = compiled.program._stores.values()
+        alive = weakref.ref(store)
+        gc.disable()
+        try:
+            del compiled, store
+            assert alive() is None, shapes
+        finally:
+            gc.enable()
 
 
 def test_gguf_round_trip_keeps_quantized_bytes(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import math
 import operator
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -245,7 +246,7 @@ class _Instance:
             G.ggml_graph_reset(self.graph)
         status = _COMPUTE(*self.compute_args)
         if status != G.GGML_STATUS_SUCCESS:
-            raise MithrilError(f"ggml graph computation failed with status {status}")
+            _compute_failed(status)
         return {name: view.copy() for name, view in self.out_views}
 
     def gradients(self) -> dict[str, np.ndarray]:
@@ -263,6 +264,10 @@ class _Instance:
             G.ggml_backend_buffer_free(self.buffer)
         G.ggml_free(self.gctx)
         G.ggml_free(self.pctx)
+
+
+def _compute_failed(status: int) -> None:
+    raise MithrilError(f"ggml graph computation failed with status {status}")
 
 
 def _check_shape(node: Node, edge: Edge, value: T) -> None:
@@ -300,20 +305,26 @@ class GGMLProgram(Program):
         self.graph = graph
         self.options = options
         self.param_names = [e.name for e in graph.params]
-        gen = PythonCodegen(graph, backend, OPS, {})  # type: ignore[arg-type]
-        self.diagnose = make_diagnose(graph, backend)
-        diagnose = gen.constant(self.diagnose, "diagnose")
-        inputs = "".join(f"{gen.names[e]}, " for e in graph.inputs)
-        params = "".join(f"{gen.names[e]}, " for e in graph.params)
-        self.source = function("check", "params, inputs", [*gen.load_lines(diagnose), f"return ({inputs}), ({params})"])
-        self._check = gen.build(self.source, options.file_path)["check"]
         self._stores: dict[tuple[tuple[int, ...], ...], _WeightStore] = {}
         self._last_store: _WeightStore | None = None
         self._prepared: OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], list[np.ndarray]]] = OrderedDict()
         self.grad_problem = None if options.inference else self._find_grad_problem()
         self._report: dict[str, str] | None = None
         self.calibration: dict[str, np.ndarray] = {}
-        self._build_static()
+        static = self._build_static()
+        gen = PythonCodegen(graph, backend, OPS, {})  # type: ignore[arg-type]
+        self.diagnose = make_diagnose(graph, backend)
+        load = gen.load_lines(gen.constant(self.diagnose, "diagnose"))
+        inputs = "".join(f"{gen.names[e]}, " for e in graph.inputs)
+        params = "".join(f"{gen.names[e]}, " for e in graph.params)
+        self.source = function("check", "params, inputs", [*load, f"return ({inputs}), ({params})"])
+        if static is not None:
+            self.source += "\n" + self._static_forward(gen, load, *static)
+        # Popped: a function left in its own globals would be a reference cycle holding the weights.
+        namespace = gen.build(self.source, options.file_path)
+        self._check = namespace.pop("check")
+        if static is not None:
+            self.forward = namespace.pop("forward")  # type: ignore[method-assign]
 
     # -- compile-time work -----------------------------------------------------------
     def _find_grad_problem(self) -> str | None:
@@ -335,14 +346,45 @@ class GGMLProgram(Program):
                 needs.update(e for e in node.outputs.values() if e.kind == "float")
         return None
 
-    def _build_static(self) -> None:
+    def _build_static(self) -> tuple[_WeightStore, _Instance] | None:
         """With every shape known at compile time, build the forward graph now."""
         inputs = [static_shape(e) for e in self.graph.inputs]
         params = [static_shape(e) for e in self.graph.params]
-        if all(s is not None and None not in s for s in [*inputs, *params]):
-            store = self._store(tuple(params))  # type: ignore[arg-type]
-            key = tuple(inputs)
-            store.instances[key] = _Instance(self, store, key, None)  # type: ignore[arg-type]
+        if not all(s is not None and None not in s for s in [*inputs, *params]):
+            return None
+        store = self._store(tuple(params))  # type: ignore[arg-type]
+        key = tuple(inputs)
+        inst = store.instances[key] = _Instance(self, store, key, None)  # type: ignore[arg-type]
+        return store, inst
+
+    def _static_forward(self, gen: PythonCodegen, load: list[str], store: _WeightStore, inst: _Instance) -> str:
+        """Source of `forward` for fully static shapes: the check (which then guarantees the
+        shapes) with the single instance's weight test, copies and compute inlined."""
+        names = [gen.names[e] for e in self.graph.inputs]
+        params = [gen.names[e] for e in self.graph.params]
+        stale = "".join(f" or {p} is not loaded[{i}]" for i, p in enumerate(params))
+        # A weak reference: the function is an attribute of this program, and a cycle would keep
+        # the ggml buffers alive until the next garbage collection instead of freeing them with it.
+        weights = gen.constant(weakref.WeakMethod(self._weights), "weights")
+        lines = [
+            *load,
+            f"loaded = {gen.constant(store, 'store')}.loaded",
+            f"if loaded is None{stale}:",
+            f"    {weights}()(params, ({''.join(f'{p}, ' for p in params)}))",
+        ]
+        lines += [f"{gen.constant(view, 'x')}[...] = {names[i]}" for view, i in inst.in_views]
+        for i, convert, views in inst.host_views:
+            source = "None" if i < 0 else names[i]
+            lines.append(f"for view, value in zip({gen.constant(views, 'h')}, {gen.constant(convert, 'c')}({source})):")
+            lines.append("    view[...] = value")
+        graph, plan = inst.compute_args
+        lines += [
+            f"status = {gen.constant(_COMPUTE, 'compute')}({graph}, {plan})",
+            f"if status != {G.GGML_STATUS_SUCCESS}:",
+            f"    {gen.constant(_compute_failed, 'failed')}(status)",
+        ]
+        outputs = ", ".join(f"{name!r}: {gen.constant(view, 'y')}.copy()" for name, view in inst.out_views)
+        return function("forward", "params, inputs", [*lines, f"return {{{outputs}}}"])
 
     def params_reaching(self, grad_keys: frozenset[str]) -> set[str]:
         """Float parameters that the outputs in `grad_keys` depend on."""
