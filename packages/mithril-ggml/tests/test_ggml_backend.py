@@ -20,7 +20,6 @@ NO_FORWARD = {"pow", "max_pool2d_padded", "avg_pool2d_padded_exclusive"}
 NO_GRADIENT = {"gelu", "conv2d_groups_nobias"}
 
 
-
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
@@ -116,21 +115,24 @@ def test_quantized_outputs_stay_close_to_float32(mode: str, limit: float) -> Non
     params = base.randomize_params(seed=5)
     state = base.initial_state()
     x = ml.GGMLBackend().randn(8, 3, 16, 16)
-    cnn_err = relative_error(quantized.apply(params, {"input": x}, state)[0]["output"],
-                             base.apply(params, {"input": x}, state)[0]["output"])
+    cnn_err = relative_error(
+        quantized.apply(params, {"input": x}, state)[0]["output"], base.apply(params, {"input": x}, state)[0]["output"]
+    )
     mlp = ml.compile(quickstart_mlp(), ml.GGMLBackend(quantize=mode), static_inference=True)
     mlp_base = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes={"input": [32, 20]})
     mlp_params = mlp_base.randomize_params(seed=6)
     xm = ml.GGMLBackend().randn(32, 20)
-    mlp_err = relative_error(mlp.evaluate(mlp_params, {"input": xm})["output"],
-                             mlp_base.evaluate(mlp_params, {"input": xm})["output"])
+    mlp_err = relative_error(
+        mlp.evaluate(mlp_params, {"input": xm})["output"], mlp_base.evaluate(mlp_params, {"input": xm})["output"]
+    )
     print(f"{mode}: relative error vs float32: MLP {mlp_err:.4f}, CNN {cnn_err:.4f}")
     assert mlp_err < limit and cnn_err < limit
 
 
 def test_quantization_report_and_fallback() -> None:
-    compiled = ml.compile(quickstart_cnn(), ml.GGMLBackend(quantize="int8"), shapes={"input": [1, 3, 32, 32]},
-                          static_inference=True)
+    compiled = ml.compile(
+        quickstart_cnn(), ml.GGMLBackend(quantize="int8"), shapes={"input": [1, 3, 32, 32]}, static_inference=True
+    )
     report = mithril_ggml.quantization_report(compiled)
     assert report["linear_0.weight"] == "Q8_0" and report["linear_0.bias"] == "F32"
     assert report["linear_1.weight"] == "Q8_0"
@@ -214,8 +216,9 @@ def test_ggml_buffers_are_freed_with_the_compiled_model_without_waiting_for_gc()
 
 def test_gguf_round_trip_keeps_quantized_bytes(tmp_path: Path) -> None:
     for mode in ("int8", "int4", "float16", None):
-        compiled = ml.compile(quickstart_cnn(), ml.GGMLBackend(quantize=mode), shapes={"input": [2, 3, 32, 32]},
-                              static_inference=True)
+        compiled = ml.compile(
+            quickstart_cnn(), ml.GGMLBackend(quantize=mode), shapes={"input": [2, 3, 32, 32]}, static_inference=True
+        )
         params = compiled.randomize_params(seed=9)
         state = compiled.initial_state()
         x = ml.GGMLBackend().randn(2, 3, 32, 32)
@@ -315,8 +318,13 @@ def test_risky_calls_raise_and_the_process_survives(name: str) -> None:
         print("ALIVE")
         """
     ).format(body=textwrap.indent(RISKY[name], "    "))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={"GGML_NO_BACKTRACE": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"GGML_NO_BACKTRACE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ALIVE" in proc.stdout
     if name == "sigmoid gradients":

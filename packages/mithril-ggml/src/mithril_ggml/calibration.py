@@ -43,7 +43,7 @@ def calibrate(
             f"calibrate: {owner} is compiled with GGMLBackend(quantize={mode!r}); "
             "calibration tunes 'int8' or 'int4' weights"
         )
-    batches = [inputs] if isinstance(inputs, Mapping) else list(inputs)
+    batches: list[Mapping[str, Any]] = [inputs] if isinstance(inputs, Mapping) else list(inputs)
     if not batches or not all(isinstance(b, Mapping) for b in batches):
         raise TypeError(f"calibrate: inputs must be an inputs dict or a non-empty iterable of them, got {inputs!r}")
     if compiled.state_keys:

@@ -29,15 +29,16 @@ _MODE = "mithril.quantize"
 _MAX_NAME = 63
 
 
-class GGUFParams(dict):  # type: ignore[type-arg]
+class GGUFParams(dict):
     """Parameters loaded from GGUF: float32 arrays by name, plus the stored ggml bytes.
 
     `stored` maps a name to (ggml type, the array handed out, the stored bytes); the
     bytes are used only while that exact array object is still the dict's value.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], stored: dict[str, tuple[int, np.ndarray, np.ndarray]],
-                 quantize: str | None) -> None:
+    def __init__(
+        self, arrays: dict[str, np.ndarray], stored: dict[str, tuple[int, np.ndarray, np.ndarray]], quantize: str | None
+    ) -> None:
         super().__init__(arrays)
         self.stored = stored
         self.quantize = quantize

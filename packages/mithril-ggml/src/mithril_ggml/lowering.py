@@ -5,9 +5,9 @@ weights and host-written tensors get one exact-size backend buffer each, and the
 intermediates are placed by ggml's graph allocator (gallocr), which reuses memory.
 Weights live in a `_WeightStore` shared by every graph of the same parameter shapes;
 they are converted (and quantized) once per params object, recognised by the identity
-of its arrays. Mutating a parameter array in place is therefore not seen: pass a new
-dict (or new arrays) after changing weights. A program is not safe to call from
-several threads at once.
+of its arrays. Mutating a parameter array in place is therefore not seen: pass new
+arrays after changing weights (a new dict of the same arrays is the same weights).
+A program is not safe to call from several threads at once.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ _CTYPES = {G.GGML_TYPE_F32: ctypes.c_float, G.GGML_TYPE_I32: ctypes.c_int32}
 _PREPARED_CACHE = 2  # params objects whose converted weights are kept besides the loaded one
 # ggml_graph_compute called through a plain function pointer on integer addresses: the
 # typed ctypes wrapper spends a few hundred ns converting its pointer arguments.
-_COMPUTE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
-    ctypes.cast(G.ggml_graph_compute, ctypes.c_void_p).value
-)
+_COMPUTE_ADDRESS = ctypes.cast(G.ggml_graph_compute, ctypes.c_void_p).value
+assert _COMPUTE_ADDRESS is not None
+_COMPUTE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(_COMPUTE_ADDRESS)
 
 
 def _new_context(n_tensors: int, extra: int = 0) -> Any:
@@ -86,8 +86,10 @@ class _WeightStore:
         self.shapes = shapes
         self.types = quant.choose_types(graph, shapes, mode)
         transposable = [
-            edge.name for edge in graph.params
-            if self.types[edge.name][0] == G.GGML_TYPE_F32 and len(shapes[edge.name]) == 2
+            edge.name
+            for edge in graph.params
+            if self.types[edge.name][0] == G.GGML_TYPE_F32
+            and len(shapes[edge.name]) == 2
             and {(node.primitive, key) for node, key in edge.consumers} == {("linear", "weight")}
             and prefers_out_prod(*shapes[edge.name])
         ]
@@ -104,7 +106,7 @@ class _WeightStore:
             tensor = self.tensors[name]
             assert data.nbytes == G.ggml_nbytes(tensor), (name, data.nbytes, G.ggml_nbytes(tensor))
             ctypes.memmove(tensor.contents.data, data.ctypes.data, data.nbytes)
-        for name, data in zip(self.transposed, prepared[len(names):]):
+        for name, data in zip(self.transposed, prepared[len(names) :]):
             _view(self.transposed[name], data.shape)[...] = data
         self.loaded = arrays
 
@@ -117,8 +119,14 @@ class _WeightStore:
 class _Instance:
     """One static ggml graph for fixed input shapes (and, for gradients, fixed seeded outputs)."""
 
-    def __init__(self, program: GGMLProgram, store: _WeightStore, input_shapes: tuple[tuple[int, ...], ...],
-                 grad_keys: frozenset[str] | None, taps: tuple[Edge, ...] = ()) -> None:
+    def __init__(
+        self,
+        program: GGMLProgram,
+        store: _WeightStore,
+        input_shapes: tuple[tuple[int, ...], ...],
+        grad_keys: frozenset[str] | None,
+        taps: tuple[Edge, ...] = (),
+    ) -> None:
         graph = program.graph
         self.grad = grad_keys is not None
         budget = sum(48 + 8 * n.attrs.get("groups", 1) for n in graph.nodes) * (4 if self.grad else 1) + 64
@@ -274,12 +282,13 @@ def _check_shape(node: Node, edge: Edge, value: T) -> None:
     """The lowering's result must have the solver's shape, and its ggml tensor must agree."""
     shape = value.shape
     expected = static_shape(edge)
-    if tuple(value.tensor.contents.ne) != ne4(shape) or (expected is not None and (
-        len(expected) != len(shape) or any(e is not None and e != s for e, s in zip(expected, shape))
-    )):
+    if tuple(value.tensor.contents.ne) != ne4(shape) or (
+        expected is not None
+        and (len(expected) != len(shape) or any(e is not None and e != s for e, s in zip(expected, shape)))
+    ):
         raise ShapeError(
             f"ggml lowering of {node.primitive!r} ({node.path!r}) produced shape {list(shape)} for "
-            f"{edge.name!r}, expected {list(expected)}"
+            f"{edge.name!r}, expected {'an unknown shape' if expected is None else list(expected)}"
         )
 
 

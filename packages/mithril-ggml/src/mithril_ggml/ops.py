@@ -68,8 +68,14 @@ HostConvert = Callable[[Any], tuple[np.ndarray, ...]]
 class Builder:
     """Emits ggml ops into one graph context; `host_tensor` makes tensors the host fills."""
 
-    def __init__(self, ctx: Any, grad: bool, host_tensor: Callable[..., Any], rng: np.random.Generator,
-                 transposed: dict[int, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        grad: bool,
+        host_tensor: Callable[..., Any],
+        rng: np.random.Generator,
+        transposed: dict[int, Any] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.grad = grad
         self._host_tensor = host_tensor
