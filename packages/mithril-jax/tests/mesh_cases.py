@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 import mithril as ml
-from mithril.models import Linear, Model, Relu
+from mithril.models import Dropout, Linear, Model, Relu
 from mithril.testing.models import quickstart_mlp
 from mithril.testing.torch_parity import quickstart_cnn
 
@@ -143,3 +143,24 @@ def test_cnn_with_batch_norm_state_on_eight_cpu_devices() -> None:
     for key, value in reference.state.items():
         np.testing.assert_allclose(np.asarray(compiled.state[key]), np.asarray(value), **TOL, err_msg=key)
         assert compiled.state[key].sharding.is_fully_replicated
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_dropout_on_a_mesh_is_seeded_and_draws_a_new_mask_per_call(jit: bool) -> None:
+    model = Model()
+    model |= Linear(16)(input="input", output="hidden")
+    model += Dropout(0.5)(input="hidden", output="output", mask="mask")
+    backend = ml.JaxBackend(device="cpu", device_mesh=(8,))
+    compiled = ml.compile(model, backend, shapes={"input": [16, 8]}, outputs=["output", "mask"], jit=jit)
+    params = compiled.randomize_params(seed=0)
+    x, g = {"input": backend.randn(16, 8)}, {"output": backend.ones(16, 16)}
+    backend.set_seed(5)
+    first = [np.asarray(compiled.evaluate(params, x)["mask"]), np.asarray(compiled.evaluate(params, x, g)[0]["mask"])]
+    backend.set_seed(5)
+    again = [np.asarray(compiled.evaluate(params, x)["mask"]), np.asarray(compiled.evaluate(params, x, g)[0]["mask"])]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], first[1])
+    reordered = dict(reversed(list(params.items())))
+    _, grads = compiled.evaluate(reordered, x, {**g, "mask": backend.ones(16, 16)})
+    assert list(grads) == list(reordered)

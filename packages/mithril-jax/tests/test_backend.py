@@ -216,6 +216,55 @@ def test_repeated_calls_never_retrace(counting_relu: list[int]) -> None:
     assert counting_relu[0] == 2  # one trace for forward, one for forward_backward
 
 
+def test_calls_off_the_fast_path_agree_and_share_its_trace(counting_relu: list[int]) -> None:
+    """Keys in another order, or gradients given out of graph order, reach the same jitted function."""
+    model = Model()
+    model |= Linear(8)(input="input", output="hidden")
+    model += Relu()(input="hidden", output="act")
+    model += Sum(axis=1)(input="act", output="output")
+    backend = ml.JaxBackend(dtype=ml.float64)
+    compiled = ml.compile(model, backend, shapes={"input": [4, 3]}, outputs=["output", "hidden"])
+    params = compiled.randomize_params(seed=0)
+    inputs = {"input": backend.randn(4, 3)}
+    grads_in = {"output": backend.randn(4), "hidden": backend.randn(4, 8)}
+    want_out, want_grads = compiled.evaluate(params, inputs, grads_in)
+    assert list(want_out) == compiled.output_keys and list(want_grads) == list(params)
+    reordered = dict(reversed(list(params.items())))
+    for p, g in [(reordered, grads_in), (params, dict(reversed(list(grads_in.items())))), (reordered, grads_in)]:
+        out, grads = compiled.evaluate(p, inputs, g)
+        assert list(out) == compiled.output_keys and list(grads) == list(p)
+        for key in want_out:
+            np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(want_out[key]))
+        for key in want_grads:
+            np.testing.assert_array_equal(np.asarray(grads[key]), np.asarray(want_grads[key]))
+    out = compiled.evaluate(reordered, inputs)
+    np.testing.assert_array_equal(np.asarray(out["output"]), np.asarray(want_out["output"]))
+    assert counting_relu[0] == 2  # forward_backward and forward, once each
+
+
+def test_wrong_keys_of_the_right_count_are_named(compiled: Any) -> None:
+    model, backend, params, inputs = compiled
+    renamed = {("linear_0.w" if k == "linear_0.weight" else k): v for k, v in params.items()}
+    for grads in (None, {"output": backend.ones(32, 10)}):
+        with pytest.raises(ml.KeyNotFoundError, match=r"missing key 'linear_0.weight' \(did you mean 'linear_0.w'"):
+            model.evaluate(renamed, inputs, grads)
+        with pytest.raises(ml.KeyNotFoundError, match="missing key 'input'"):
+            model.evaluate(params, {"x": inputs["input"]}, grads)
+    with pytest.raises(TypeError, match="params must be a dict"):
+        model.evaluate(list(params.values()), inputs, {"output": backend.ones(32, 10)})
+
+
+def test_numpy_arrays_are_accepted_like_jax_arrays(compiled: Any) -> None:
+    model, backend, params, inputs = compiled
+    as_numpy = {k: np.asarray(v) for k, v in params.items()}
+    x, g = {"input": np.asarray(inputs["input"])}, {"output": np.ones((32, 10), np.float32)}
+    want_out, want_grads = model.evaluate(params, inputs, {"output": backend.ones(32, 10)})
+    out, grads = model.evaluate(as_numpy, x, g)
+    np.testing.assert_allclose(np.asarray(out["output"]), np.asarray(want_out["output"]), rtol=1e-6)
+    for key in params:
+        np.testing.assert_allclose(np.asarray(grads[key]), np.asarray(want_grads[key]), rtol=1e-6)
+
+
 def test_symbolic_batch_runs_for_any_batch_size() -> None:
     backend = ml.JaxBackend()
     sized = ml.compile(quickstart_mlp(), backend, shapes={"input": [2, 20]})

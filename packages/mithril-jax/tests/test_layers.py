@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 
@@ -79,6 +80,31 @@ def test_dropout_is_seeded_and_draws_a_new_mask_per_call_without_retracing(count
     assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
     assert set(np.unique(first[0])) == {0.0, 2.0}
     assert counting_relu[0] == 1  # one trace, however many calls
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_each_call_advances_the_backend_key_like_next_key(jit: bool) -> None:
+    """A call takes one key off the backend, as `next_key` would, whichever path it takes."""
+    backend = ml.JaxBackend(dtype=ml.float32)
+    compiled = ml.compile(dropout_mlp(0.5), backend, shapes={"input": [8, 16]}, outputs=["output", "mask"], jit=jit)
+    params = compiled.randomize_params(seed=0)
+    reordered = dict(reversed(list(params.items())))
+    x, g = {"input": backend.randn(8, 16)}, {"output": backend.ones(8, 4)}
+    calls = [
+        lambda: compiled.evaluate(params, x)["mask"],
+        lambda: compiled.evaluate(params, x, g)[0]["mask"],
+        lambda: compiled.evaluate(reordered, x, g)[0]["mask"],
+        lambda: compiled.evaluate(params, x, {"mask": backend.ones(8, 64)})[0]["mask"],
+    ]
+    for call in calls:
+        backend.set_seed(3)
+        mask = np.asarray(call())
+        after = jax.random.key_data(backend.next_key())
+        backend.set_seed(3)
+        backend.next_key()
+        np.testing.assert_array_equal(np.asarray(after), np.asarray(jax.random.key_data(backend.next_key())))
+        backend.set_seed(3)
+        np.testing.assert_array_equal(np.asarray(calls[0]()), mask)  # the same key gives the same mask
 
 
 def test_dropout_gradient_uses_the_same_mask_as_the_output() -> None:

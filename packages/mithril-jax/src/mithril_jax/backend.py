@@ -150,7 +150,11 @@ class JaxBackend(Backend):
             return jax.random.key(seed)
 
     def next_key(self) -> jax.Array:
-        """A fresh PRNG key split off the backend's own (reset by `set_seed`); one per random draw or call."""
+        """A fresh PRNG key split off the backend's own (reset by `set_seed`); one per random draw or call.
+
+        Compiled models with dropout (off a mesh) make this same split inside their jitted call:
+        they take `_key` and return its successor, which the call stores back in `_key`.
+        """
         self._key, key = _split(self._key)
         return key
 

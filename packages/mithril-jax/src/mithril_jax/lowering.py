@@ -1,21 +1,30 @@
 """Lowering a typed graph to generated jnp code, differentiated by jax.vjp and jitted once.
 
 The generated `forward` checks its arguments like every Python backend's; under jit those
-checks run while tracing, so they cost nothing per call. `forward_backward` pulls the
-given output gradients back through `jax.vjp`; gradients for a subset of the outputs
-differentiate only those (jit keeps one trace per subset); state-update outputs (running
-statistics) ride along undifferentiated. A call that fails before or while tracing is
-re-diagnosed by the core so the user sees which key is wrong.
+checks run while tracing, so they cost nothing per call. What jax.jit compiles are flat
+wrappers around it: `jit_forward` takes every param and input array positionally (graph
+order) and returns a tuple of the outputs, and `jit_forward_backward` also takes the
+output gradients and returns the outputs followed by one gradient per param; jax flattens
+and rebuilds no dicts per call. The per-call functions `call_forward` and
+`call_forward_backward` check the keys with one tuple comparison each (a caller's dict in
+graph order is the fast path), pass the arrays on and build the result dicts once, with
+gradients in the caller's key order. Any other call (keys in another order, gradients for
+a subset of the outputs, wrong keys) takes the slower `_call_by_key`; a subset gets its
+own jitted function, built once. State-update outputs (running statistics) ride along
+undifferentiated. A call that fails before or while tracing is re-diagnosed by the core so
+the user sees which key is wrong.
 
 Models with random primitives (dropout) get one more argument, a PRNG key that the
 backend splits off its own key for every call (so `set_seed` makes runs repeatable, and
 successive calls draw fresh masks without retracing); each random node folds its own
-stream index into it.
+stream index into it. Off a mesh, the jitted functions take the backend's key itself,
+split it inside the call and return the backend's next key as their last output: the same
+keys as `JaxBackend.next_key`, without a second jitted dispatch per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -37,21 +46,15 @@ __all__ = ["JaxProgram", "COMPILE_OPTIONS"]
 COMPILE_OPTIONS = ("shardings",)
 
 
+def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(backend's next key, key for this call): the split `JaxBackend.next_key` makes, traced into the call."""
+    new, use = jax.random.split(key)
+    return new, use
 
-def _forward_backward(args: str) -> str:
-    """Source of `forward_backward`: `forward` differentiated by jax.vjp for the given output gradients."""
-    return function(
-        "forward_backward",
-        f"params, inputs, output_gradients{args}",
-        [
-            "def differentiated(params):",
-            f"    outputs = forward(params, inputs{args})",
-            "    return _select(params, inputs, outputs, output_gradients), outputs",
-            "selected, pullback, outputs = _vjp(differentiated, params, has_aux=True)",
-            "(gradients,) = pullback(output_gradients)",
-            "return outputs, gradients",
-        ],
-    )
+
+def _dict(keys: Sequence[str], values: Sequence[str]) -> str:
+    """Source of a dict display {key: value, ...}."""
+    return "{" + ", ".join(f"{k!r}: {v}" for k, v in zip(keys, values)) + "}"
 
 
 class JaxProgram(Program):
@@ -71,98 +74,224 @@ class JaxProgram(Program):
             raise ValueError(
                 "ml.compile: shardings= needs a backend with a device mesh, e.g. JaxBackend(device_mesh=(8,))"
             )
-        self._output_order = [e.name for e in graph.outputs] if len(graph.outputs) > 1 else None
         self.layout = None if backend.mesh is None else Layout(backend.mesh, graph, shardings or {})
         random = [n for n in graph.nodes if n.primitive in ops.RANDOM]
         self.random = bool(random)
-        namespace = {**ops.NAMESPACE, "_vjp": jax.vjp, "_select": self._select,
-                     ops.RNG_STREAMS: {n.path: i for i, n in enumerate(random)}}
+        # off a mesh, the backend's key goes in and its successor comes out of each jitted call
+        self._carries_key = self.random and self.layout is None
+        self._param_keys = tuple(e.name for e in graph.params)
+        self._input_keys = tuple(e.name for e in graph.inputs)
+        self._output_keys = tuple(e.name for e in graph.outputs)
+        self._outputs_known = frozenset(self._output_keys)
+        # the gradients a call usually gives: every output but the state updates
+        self._differentiable = tuple(e.name for e in graph.outputs if e.updates is None)
+        namespace = {
+            **ops.NAMESPACE,
+            "_vjp": jax.vjp,
+            "_select": self._select,
+            ops.RNG_STREAMS: {n.path: i for i, n in enumerate(random)},
+            "_split_key": _split_key,
+        }
         self.gen = PythonCodegen(graph, backend, backend.op_table(), namespace)
         self._diagnose = make_diagnose(graph, backend)
         diagnose = self.gen.constant(self._diagnose, "diagnose")
-        key = f", {ops.RNG_KEY}" if self.random else ""
+        self._key_arg = f", {ops.RNG_KEY}" if self.random else ""
         body = [*self.gen.load_lines(diagnose), *self.gen.forward_lines(), f"return {self.gen.outputs_expr()}"]
-        self.source = function("forward", f"params, inputs{key}", body)
+        traced = [function("forward", f"params, inputs{self._key_arg}", body), self._jit_forward_source()]
         if not options.inference:
-            self.source += "\n\n" + _forward_backward(key)
+            traced.append(self._jit_forward_backward_source(self._differentiable))
+        jitted = {"forward": self.gen.constant(None, "jit_forward")}
+        if not options.inference:
+            jitted["forward_backward"] = self.gen.constant(None, "jit_forward_backward")
+        self.source = "\n\n".join([*traced, self._call_sources(jitted)])
         built = self.gen.build(self.source, options.file_path)
-        self._raw_forward: Callable[..., Any] = built["forward"]
-        self.forward = self._guard_forward(self._compiled(self._raw_forward, False))
+        self.gen.namespace["forward"] = self._raw_forward = built["forward"]
+        self._jit_forward = built[jitted["forward"]] = self._compiled(built["jit_forward"], ())
+        self.forward: Callable[..., Any] = built["call_forward"]
+        self._jit_forward_backward: dict[tuple[str, ...], Callable[..., Any]] = {}
         if not options.inference:
-            fb = self._compiled(built["forward_backward"], True)
-            self.forward_backward = self._guard_forward_backward(fb)
+            fb = self._compiled(built["jit_forward_backward"], self._param_keys)
+            self._jit_forward_backward[self._differentiable] = built[jitted["forward_backward"]] = fb
+            self.forward_backward = built["call_forward_backward"]
+
+    # -- generated source --------------------------------------------------------------
+    def _arrays(self, prefix: str = "a") -> list[str]:
+        return [f"{prefix}{i}" for i in range(len(self._param_keys) + len(self._input_keys))]
+
+    def _jit_key(self) -> tuple[str, list[str], str]:
+        """(last parameter, first lines, last returned values) of a jitted function for the PRNG key."""
+        if not self._carries_key:
+            return self._key_arg, [], ""
+        return ", _backend_key", [f"_backend_key, {ops.RNG_KEY} = _split_key(_backend_key)"], "_backend_key, "
+
+    def _jit_forward_source(self) -> str:
+        """`jit_forward(*params, *inputs)`: `forward` on dicts rebuilt while tracing, the outputs as a tuple."""
+        arrays, n = self._arrays(), len(self._param_keys)
+        params, inputs = _dict(self._param_keys, arrays[:n]), _dict(self._input_keys, arrays[n:])
+        outputs = "".join(f"outputs[{k!r}], " for k in self._output_keys)
+        key, split, new_key = self._jit_key()
+        return function(
+            "jit_forward",
+            ", ".join(arrays) + key,
+            [*split, f"outputs = forward({params}, {inputs}{self._key_arg})", f"return ({outputs}{new_key})"],
+        )
+
+    def _jit_forward_backward_source(self, selected: Sequence[str]) -> str:
+        """`jit_forward_backward(*params, *inputs, *gradients of selected)`: outputs, then one gradient per param."""
+        arrays, n = self._arrays(), len(self._param_keys)
+        grads = [f"g{i}" for i in range(len(selected))]
+        returned = [f"outputs[{k!r}]" for k in self._output_keys] + [f"gradients[{k!r}]" for k in self._param_keys]
+        key, split, new_key = self._jit_key()
+        return function(
+            "jit_forward_backward",
+            ", ".join(arrays + grads) + key,
+            [
+                *split,
+                f"inputs = {_dict(self._input_keys, arrays[n:])}",
+                f"output_gradients = {_dict(selected, grads)}",
+                "def differentiated(params):",
+                f"    outputs = forward(params, inputs{self._key_arg})",
+                "    return _select(params, inputs, outputs, output_gradients), outputs",
+                f"selected, pullback, outputs = _vjp(differentiated, {_dict(self._param_keys, arrays[:n])}, "
+                "has_aux=True)",
+                "(gradients,) = pullback(output_gradients)",
+                f"return ({''.join(r + ', ' for r in returned)}{new_key})",
+            ],
+        )
+
+    def _call_sources(self, jitted: Mapping[str, str]) -> str:
+        """`call_forward` and `call_forward_backward`, the functions evaluate calls; `jitted` names the jitted ones.
+
+        The fast path's check is a few lengths and, for gradients keyed like params, the params' key order;
+        the arrays are looked up by key (a wrong key raises and is diagnosed) and passed positionally.
+        """
+        gen = self.gen
+        gen.namespace.update(_explain=self._explain, _call_by_key=self._call_by_key, _put=jax.device_put)
+        if self.random:
+            gen.namespace.update(_next_key=self.backend.next_key, _backend=self.backend)
+        pk, ik, dk = self._param_keys, self._input_keys, self._differentiable
+        n_out = len(self._output_keys)
+        sources = []
+        for name, call in jitted.items():
+            gradients = name == "forward_backward"
+            args = [f"params[{k!r}]" for k in pk] + [f"inputs[{k!r}]" for k in ik]
+            if gradients:
+                args += [f"output_gradients[{k!r}]" for k in dk]
+                extra = ", output_gradients"
+                check = f"len(inputs) == {len(ik)} and len(output_gradients) == {len(dk)}"
+                check += "".join(f" and {k!r} in output_gradients" for k in dk)
+                check += f" and tuple(params) == {gen.constant(pk, 'param_keys')}"
+            else:
+                extra, check = "", f"len(params) == {len(pk)} and len(inputs) == {len(ik)}"
+            if self.layout is None:
+                passed = ", ".join(args)
+            else:
+                shardings = gen.constant(self._in_shardings(dk if gradients else None), "shardings")
+                passed = f"*_put(({', '.join(args)},), {shardings})"
+            results = [f"r{i}" for i in range(n_out + (len(pk) if gradients else 0))]
+            targets = "".join(r + ", " for r in results)
+            if self._carries_key:
+                passed += ", _backend._key"
+                targets += "_backend._key, "
+            elif self.random:
+                passed += ", _next_key()"
+            returned = _dict(self._output_keys, results[:n_out])
+            if gradients:
+                returned += ", " + _dict(pk, results[n_out:])
+            body = [
+                "try:",
+                f"    if {check}:",
+                f"        ({targets}) = {call}({passed})",
+                f"        return {returned}",
+                "except Exception as error:",
+                f"    _explain(error, params, inputs{extra})",
+                "    raise",
+                f"return _call_by_key(params, inputs{extra})",
+            ]
+            sources.append(function(f"call_{name}", f"params, inputs{extra}", body))
+        return "\n\n".join(sources)
 
     # -- compilation -----------------------------------------------------------------
-    def _compiled(self, fn: Callable[..., Any], with_gradients: bool) -> Callable[..., Any]:
-        """`fn` under jax.jit when jit is on; on a mesh, its outputs pinned to their shardings."""
+    def _in_shardings(self, selected: Sequence[str] | None) -> tuple[Any, ...]:
+        """The sharding of each positional array of a call (params, inputs, then the gradients of `selected`)."""
+        assert self.layout is not None
+        layout = self.layout
+        out = [layout.params[k] for k in self._param_keys] + [layout.inputs[k] for k in self._input_keys]
+        return tuple(out + [layout.outputs[k] for k in selected or ()])
+
+    def _compiled(self, fn: Callable[..., Any], gradients: Sequence[str]) -> Callable[..., Any]:
+        """`fn` under jax.jit when jit is on; on a mesh, its outputs (then gradients) pinned to their shardings."""
         if not self.options.jit:
             return fn
         if self.layout is None:
             return jax.jit(fn)
-        outs: Any = (self.layout.outputs, self.layout.params) if with_gradients else self.layout.outputs
+        layout = self.layout
+        outs = tuple(layout.outputs[k] for k in self._output_keys) + tuple(layout.params[k] for k in gradients)
         return jax.jit(fn, out_shardings=outs)
 
-    def _guard_forward(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        """The per-call function around `call`: a fresh PRNG key, arguments on the mesh, outputs in graph order."""
-        explain, layout, order = self._explain, self.layout, self._output_order
-        next_key = self.backend.next_key if self.random else None
-        if layout is None and order is None and next_key is None:
+    def _forward_backward_for(self, selected: tuple[str, ...]) -> Callable[..., Any]:
+        """The jitted forward_backward for gradients of the outputs `selected` (graph order), built once."""
+        fn = self._jit_forward_backward.get(selected)
+        if fn is None:
+            built = self.gen.build(self._jit_forward_backward_source(selected))
+            fn = self._jit_forward_backward[selected] = self._compiled(built["jit_forward_backward"], self._param_keys)
+        return fn
 
-            def forward(params: Any, inputs: Any) -> Any:
-                try:
-                    return call(params, inputs)
-                except Exception as error:
-                    explain(error, params, inputs)
-                    raise
+    # -- calls the fast path does not take ---------------------------------------------
+    def _call_by_key(self, params: Any, inputs: Any, output_gradients: Any = None) -> Any:
+        """A call whose keys differ from graph order: looked up one by one, or diagnosed when wrong."""
+        pk, ik = self._param_keys, self._input_keys
+        if not (
+            isinstance(params, Mapping)
+            and isinstance(inputs, Mapping)
+            and len(params) == len(pk)
+            and len(inputs) == len(ik)
+            and all(k in params for k in pk)
+            and all(k in inputs for k in ik)
+        ):
+            self._diagnose(params, inputs)
+        arrays = [params[k] for k in pk] + [inputs[k] for k in ik]
+        if output_gradients is None:
+            fn, selected = self._jit_forward, None
+        else:
+            selected = self._selected_keys(params, inputs, output_gradients)
+            fn = self._forward_backward_for(selected)
+            arrays += [output_gradients[k] for k in selected]
+        try:
+            if self.layout is not None:
+                arrays = list(jax.device_put(tuple(arrays), self._in_shardings(selected)))
+            if self._carries_key:
+                *r, self.backend._key = fn(*arrays, self.backend._key)
+            else:
+                r = fn(*arrays, *((self.backend.next_key(),) if self.random else ()))
+        except Exception as error:
+            self._explain(error, params, inputs, output_gradients)
+            raise
+        outputs = dict(zip(self._output_keys, r))
+        if output_gradients is None:
+            return outputs
+        gradients = dict(zip(pk, r[len(outputs) :]))
+        return outputs, {k: gradients[k] for k in params}
 
-            return forward
-
-        def placed_forward(params: Any, inputs: Any) -> Any:
-            extra = () if next_key is None else (next_key(),)
-            try:
-                if layout is None:
-                    outputs = call(params, inputs, *extra)
-                else:
-                    outputs = call(layout.put(params, layout.params), layout.put(inputs, layout.inputs), *extra)
-            except Exception as error:
-                explain(error, params, inputs)
-                raise
-            return outputs if order is None else {k: outputs[k] for k in order}
-
-        return placed_forward
-
-    def _guard_forward_backward(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        """Like `_guard_forward` for (params, inputs, output_gradients); gradients come keyed like params."""
-        explain, layout, order = self._explain, self.layout, self._output_order
-        next_key = self.backend.next_key if self.random else None
-
-        def forward_backward(params: Any, inputs: Any, output_gradients: Any) -> Any:
-            extra = () if next_key is None else (next_key(),)
-            try:
-                if layout is None:
-                    outputs, grads = call(params, inputs, output_gradients, *extra)
-                else:
-                    outputs, grads = call(
-                        layout.put(params, layout.params),
-                        layout.put(inputs, layout.inputs),
-                        layout.put(output_gradients, layout.outputs),
-                        *extra,
-                    )
-            except Exception as error:
-                explain(error, params, inputs, output_gradients)
-                raise
-            return outputs if order is None else {k: outputs[k] for k in order}, {k: grads[k] for k in params}
-
-        return forward_backward
+    def _selected_keys(self, params: Any, inputs: Any, output_gradients: Any) -> tuple[str, ...]:
+        """The outputs `output_gradients` differentiate, in graph order, after checking its keys."""
+        self._check_gradient_keys(output_gradients, self._output_keys)
+        if any(k not in self._outputs_known for k in output_gradients):
+            extra = (self.backend.next_key(),) if self.random else ()
+            self._select(params, inputs, jax.eval_shape(self._raw_forward, params, inputs, *extra), output_gradients)
+        return tuple(k for k in self._output_keys if k in output_gradients)
 
     # -- checks ------------------------------------------------------------------------
-    def _select(self, params: Any, inputs: Any, outputs: dict[str, Any], output_gradients: Any) -> dict[str, Any]:
-        """The outputs that `output_gradients` differentiate, after checking its keys, shapes and dtypes."""
+    def _check_gradient_keys(self, output_gradients: Any, outputs: Any) -> None:
         if not isinstance(output_gradients, Mapping) or not output_gradients:
             raise KeyNotFoundError(
                 f"{self.graph.model.describe()}: output_gradients must be a non-empty dict keyed by output name; "
                 f"outputs are {list(outputs)}"
             )
+
+    def _select(self, params: Any, inputs: Any, outputs: dict[str, Any], output_gradients: Any) -> dict[str, Any]:
+        """The outputs that `output_gradients` differentiate, after checking its keys, shapes and dtypes."""
+        self._check_gradient_keys(output_gradients, outputs)
         for key, grad in output_gradients.items():
             if (
                 key not in outputs
