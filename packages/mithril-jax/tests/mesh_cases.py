@@ -99,12 +99,15 @@ def test_model_parallel_linear_weight() -> None:
     params, inputs, grads_in, ref = single_device_reference(model, {"input": [8, 64]})
     backend = ml.JaxBackend(device_mesh={"data": 2, "model": 4})
     compiled = ml.compile(
-        model, backend, shapes={"input": [8, 64]},
+        model,
+        backend,
+        shapes={"input": [8, 64]},
         shardings={"linear_0.weight": ("model", None), "linear_0.bias": ("model",), "linear_1.weight": (None, "model")},
     )
     p = {k: backend.array(v) for k, v in params.items()}
-    out, grads = compiled.evaluate(p, {k: backend.array(v) for k, v in inputs.items()},
-                                   {k: backend.array(v) for k, v in grads_in.items()})
+    out, grads = compiled.evaluate(
+        p, {k: backend.array(v) for k, v in inputs.items()}, {k: backend.array(v) for k, v in grads_in.items()}
+    )
     assert_close((out, grads), ref)
     assert grads["linear_0.weight"].sharding.spec == PartitionSpec("model", None)
     assert grads["linear_0.weight"].addressable_shards[0].data.shape == (128, 64)
@@ -134,10 +137,12 @@ def test_cnn_with_batch_norm_state_on_eight_cpu_devices() -> None:
     params = {k: np.asarray(v) for k, v in reference.randomize_params(seed=0).items()}
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((16, 3, 8, 8), np.float32), rng.standard_normal((16, 10), np.float32)
-    want = reference.evaluate({k: single.array(v) for k, v in params.items()}, {"input": single.array(x)},
-                              {"output": single.array(g)})
-    got = compiled.evaluate({k: meshed.array(v) for k, v in params.items()}, {"input": meshed.array(x)},
-                            {"output": meshed.array(g)})
+    want = reference.evaluate(
+        {k: single.array(v) for k, v in params.items()}, {"input": single.array(x)}, {"output": single.array(g)}
+    )
+    got = compiled.evaluate(
+        {k: meshed.array(v) for k, v in params.items()}, {"input": meshed.array(x)}, {"output": meshed.array(g)}
+    )
     assert_close(got, want)
     assert reference.state is not None and compiled.state is not None
     for key, value in reference.state.items():

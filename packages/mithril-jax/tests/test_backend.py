@@ -60,8 +60,14 @@ def test_loading_the_plugin_does_not_import_jax() -> None:
 def test_helpers_take_the_backend_dtype(dtype: ml.DType) -> None:
     backend = ml.JaxBackend(dtype=dtype)
     native = backend.native_dtype(dtype)
-    for value in [backend.randn(3, 2), backend.rand(3, 2), backend.ones(3, 2), backend.zeros(3, 2),
-                  backend.array([[1.0, 2.0]]), backend.array(np.ones(2, np.float64))]:
+    for value in [
+        backend.randn(3, 2),
+        backend.rand(3, 2),
+        backend.ones(3, 2),
+        backend.zeros(3, 2),
+        backend.array([[1.0, 2.0]]),
+        backend.array(np.ones(2, np.float64)),
+    ]:
         assert value.dtype == native
         assert backend.dtype_of(value) is dtype
     assert backend.array([1, 2]).dtype.kind == "i"
@@ -108,9 +114,14 @@ def test_numeric_helpers_follow_numpy() -> None:
         (backend.mean(a, axis=1, keepdim=True), np.mean(x, axis=1, keepdims=True)),
         (backend.sum(a, axis=0), np.sum(x, axis=0)),
         (backend.matmul(a, a.T), x @ x.T),
-        (backend.exp(a), np.exp(x)), (backend.log(a), np.log(x)), (backend.sqrt(a), np.sqrt(x)),
-        (backend.abs(-a), x), (backend.max(a, axis=1), x.max(1)), (backend.argmax(a, axis=1), x.argmax(1)),
-        (backend.reshape(a, (3, 2)), x.reshape(3, 2)), (backend.transpose(a), x.T),
+        (backend.exp(a), np.exp(x)),
+        (backend.log(a), np.log(x)),
+        (backend.sqrt(a), np.sqrt(x)),
+        (backend.abs(-a), x),
+        (backend.max(a, axis=1), x.max(1)),
+        (backend.argmax(a, axis=1), x.argmax(1)),
+        (backend.reshape(a, (3, 2)), x.reshape(3, 2)),
+        (backend.transpose(a), x.T),
         (backend.concat([a, a], axis=0), np.concatenate([x, x])),
     ]
     for got, want in checks:

@@ -109,8 +109,9 @@ def test_each_call_advances_the_backend_key_like_next_key(jit: bool) -> None:
 
 def test_dropout_gradient_uses_the_same_mask_as_the_output() -> None:
     backend = ml.JaxBackend(dtype=ml.float64)
-    compiled = ml.compile(Dropout(0.4), backend, shapes={"input": [6, 50]}, trainable_keys=["input"],
-                          outputs=["output", "mask"])
+    compiled = ml.compile(
+        Dropout(0.4), backend, shapes={"input": [6, 50]}, trainable_keys=["input"], outputs=["output", "mask"]
+    )
     x = backend.randn(6, 50)
     g = backend.randn(6, 50)
     out, grads = compiled.evaluate({"input": x}, {}, {"output": g})
@@ -139,5 +140,6 @@ def test_dropout_is_the_identity_for_inference(jit: bool) -> None:
     p = {k: np.asarray(v) for k, v in params.items()}
     want = np.maximum(np.asarray(x) @ p["linear_0.weight"].T + p["linear_0.bias"], 0)
     want = want @ p["linear_1.weight"].T + p["linear_1.bias"]
-    np.testing.assert_allclose(np.asarray(compiled.evaluate(params, {"input": x})["output"]), want, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(compiled.evaluate(params, {"input": x})["output"]), want, rtol=1e-5, atol=1e-5
+    )

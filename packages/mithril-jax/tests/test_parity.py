@@ -61,8 +61,13 @@ def unary(op: Callable[[], Any], positive: bool = False, shape: tuple[int, ...] 
     return model, {"input": list(shape)}
 
 
-def binary(op: Callable[[], Any], positive_left: bool = False, left: tuple[int, ...] = (4, 5),
-           right: tuple[int, ...] = (5,), right_dim: int = 3) -> Case:
+def binary(
+    op: Callable[[], Any],
+    positive_left: bool = False,
+    left: tuple[int, ...] = (4, 5),
+    right: tuple[int, ...] = (5,),
+    right_dim: int = 3,
+) -> Case:
     """op(Linear(x), Linear(y)): right broadcasts against left by default."""
     model = Model()
     model |= Linear(3)(input="x", output="a")
@@ -125,8 +130,12 @@ def test_every_numpy_primitive_has_a_jax_op() -> None:
     assert not set(NUMPY_OPS) - set(JAX_OPS), sorted(set(NUMPY_OPS) - set(JAX_OPS))
 
 
-def run_both(model: Model, shapes: dict[str, list[int]], params_np: dict[str, np.ndarray] | None = None,
-             inputs_np: dict[str, np.ndarray] | None = None) -> tuple[Any, Any]:
+def run_both(
+    model: Model,
+    shapes: dict[str, list[int]],
+    params_np: dict[str, np.ndarray] | None = None,
+    inputs_np: dict[str, np.ndarray] | None = None,
+) -> tuple[Any, Any]:
     """Evaluate forward and backward on NumPy and JAX (float64) with the same numbers."""
     nb, jb = ml.NumpyBackend(dtype=ml.float64), ml.JaxBackend(dtype=ml.float64)
     cn = ml.compile(model, nb, shapes=shapes)
@@ -209,7 +218,8 @@ def test_quickstart_mlp_agrees_across_backends_float64() -> None:
         compiled = ml.compile(model, backend, shapes={"input": [32, 20]})
         p = {k: backend.array(v) for k, v in params.items()}
         out, grads = compiled.evaluate(p, {"input": backend.array(x)}, {"output": backend.array(g)})
-        results.append(({k: backend.to_numpy(v) for k, v in out.items()},
-                        {k: backend.to_numpy(v) for k, v in grads.items()}))
+        results.append(
+            ({k: backend.to_numpy(v) for k, v in out.items()}, {k: backend.to_numpy(v) for k, v in grads.items()})
+        )
     for other in results[1:]:
         assert_same(results[0], other)

@@ -26,8 +26,9 @@ def test_quickstart_jax_section() -> None:
     assert jax_outputs["output"].dtype == np.float32
 
     reference = torch_model.evaluate(params, {"input": torch_backend.array(np.asarray(jax_inputs["input"]))})
-    np.testing.assert_allclose(np.asarray(jax_outputs["output"]), torch_backend.to_numpy(reference["output"]),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(jax_outputs["output"]), torch_backend.to_numpy(reference["output"]), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_quickstart_gradients_and_sgd_on_jax() -> None:
@@ -96,5 +97,4 @@ def test_quickstart_cnn_training_step_matches_numpy() -> None:
     np_eval = ml.compile(quickstart_cnn(), nb, shapes=shapes, inference=True)
     np_eval.state = dict(np_cnn.state)
     out = jax_eval.evaluate({k: jb.array(v) for k, v in params.items()}, {"input": jb.array(x)})["output"]
-    np.testing.assert_allclose(np.asarray(out), np_eval.evaluate(params, {"input": x})["output"], rtol=2e-3,
-                               atol=2e-4)
+    np.testing.assert_allclose(np.asarray(out), np_eval.evaluate(params, {"input": x})["output"], rtol=2e-3, atol=2e-4)

@@ -44,19 +44,26 @@ def _wide(x: jax.Array) -> jax.Array:
 
 
 # -- convolution ------------------------------------------------------------------------
-def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None, stride: Pair, padding: Pair, dilation: Pair,
-           groups: int) -> jax.Array:
+def conv2d(
+    x: jax.Array, w: jax.Array, b: jax.Array | None, stride: Pair, padding: Pair, dilation: Pair, groups: int
+) -> jax.Array:
     """torch.nn.functional.conv2d for [N, C, H, W] input and [O, C/groups, kh, kw] weight."""
     y = lax.conv_general_dilated(
-        x, w, window_strides=stride, padding=[(padding[0], padding[0]), (padding[1], padding[1])],
-        rhs_dilation=dilation, dimension_numbers=_CONV_DIMS, feature_group_count=groups,
+        x,
+        w,
+        window_strides=stride,
+        padding=[(padding[0], padding[0]), (padding[1], padding[1])],
+        rhs_dilation=dilation,
+        dimension_numbers=_CONV_DIMS,
+        feature_group_count=groups,
     )
     return y if b is None else y + b[:, None, None]
 
 
 # -- pooling geometry -------------------------------------------------------------------
-def _window_padding(shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair, dilation: Pair,
-                    ceil: bool) -> tuple[Pair, Padding]:
+def _window_padding(
+    shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil: bool
+) -> tuple[Pair, Padding]:
     """(output size, per-axis (low, high) padding): the bottom/right grow so every ceil_mode window fits."""
     out, pads = [], []
     for size, k, s, p, d in zip(shape[-2:], kernel, stride, padding, dilation):
@@ -84,27 +91,41 @@ def _max_pool(x: jax.Array, kernel: Pair, stride: Pair, padding: Pair, dilation:
     """Window maxima; padding counts as -inf."""
     _, pads = _window_padding(x.shape, kernel, stride, padding, dilation, ceil)
     return lax.reduce_window(
-        x, -jnp.inf, lax.max, _window(x.ndim, kernel), _window(x.ndim, stride), pads,
+        x,
+        -jnp.inf,
+        lax.max,
+        _window(x.ndim, kernel),
+        _window(x.ndim, stride),
+        pads,
         window_dilation=_window(x.ndim, dilation),
     )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
-def max_pool2d(x: jax.Array, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
-               ceil_mode: bool) -> jax.Array:
+def max_pool2d(
+    x: jax.Array, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool
+) -> jax.Array:
     """torch.nn.functional.max_pool2d over the last two axes; the gradient goes to each window's first maximum."""
     return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
-def _max_pool_fwd(x: jax.Array, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
-                  ceil_mode: bool) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+def _max_pool_fwd(
+    x: jax.Array, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Forward pass keeping the input and the maxima for the backward pass."""
     y = _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
     return y, (x, y)
 
 
-def _max_pool_bwd(kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool,
-                  residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+def _max_pool_bwd(
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    ceil_mode: bool,
+    residuals: tuple[jax.Array, jax.Array],
+    g: jax.Array,
+) -> tuple[jax.Array]:
     """Route each window's cotangent to the first (row-major) element equal to its maximum."""
     x, y = residuals
     if _tiles(x, kernel_size, stride, padding, dilation):
@@ -127,8 +148,9 @@ def _first_max_tiles(g: jax.Array, x: jax.Array, y: jax.Array, kernel: Pair) -> 
     return grad.reshape(x.shape)
 
 
-def _first_max_windows(g: jax.Array, x: jax.Array, y: jax.Array, kernel: Pair, stride: Pair, padding: Pair,
-                       dilation: Pair, ceil: bool) -> jax.Array:
+def _first_max_windows(
+    g: jax.Array, x: jax.Array, y: jax.Array, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil: bool
+) -> jax.Array:
     """Max-pool gradient for overlapping or padded windows: one strided slice per kernel offset."""
     out, pads = _window_padding(x.shape, kernel, stride, padding, dilation, ceil)
     xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in pads])
@@ -153,8 +175,16 @@ def _first_max_windows(g: jax.Array, x: jax.Array, y: jax.Array, kernel: Pair, s
 
 # -- average pooling ----------------------------------------------------------------------
 @functools.lru_cache(maxsize=256)
-def _avg_divisor(shape: tuple[int, int], out: Pair, kernel: Pair, stride: Pair, padding: Pair, ceil: bool,
-                 count_include_pad: bool, divisor_override: int | None) -> float | np.ndarray:
+def _avg_divisor(
+    shape: tuple[int, int],
+    out: Pair,
+    kernel: Pair,
+    stride: Pair,
+    padding: Pair,
+    ceil: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> float | np.ndarray:
     """torch's divisor per output cell: the window area, the cells inside the (padded) input, or the override."""
     if divisor_override is not None:
         return float(divisor_override)
@@ -170,24 +200,41 @@ def _avg_divisor(shape: tuple[int, int], out: Pair, kernel: Pair, stride: Pair, 
     div = np.zeros(out)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            div += counted[i : i + stride[0] * (out[0] - 1) + 1 : stride[0],
-                           j : j + stride[1] * (out[1] - 1) + 1 : stride[1]]
+            div += counted[
+                i : i + stride[0] * (out[0] - 1) + 1 : stride[0], j : j + stride[1] * (out[1] - 1) + 1 : stride[1]
+            ]
     return div
 
 
-def avg_pool2d(x: jax.Array, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool,
-               count_include_pad: bool, divisor_override: int | None) -> jax.Array:
+def avg_pool2d(
+    x: jax.Array,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> jax.Array:
     """torch.nn.functional.avg_pool2d over the last two axes (dilation is always 1 for average pooling)."""
     out, pads = _window_padding(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
     total = lax.reduce_window(x, 0.0, lax.add, _window(x.ndim, kernel_size), _window(x.ndim, stride), pads)
-    div = _avg_divisor(tuple(x.shape[-2:]), out, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                       divisor_override)
+    div = _avg_divisor(
+        tuple(x.shape[-2:]), out, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
     return total / jnp.asarray(div, x.dtype)
 
 
 # -- normalisation ----------------------------------------------------------------------
-def batch_norm(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, running_mean: jax.Array | None,
-               running_var: jax.Array | None, eps: float, momentum: float) -> Any:
+def batch_norm(
+    x: jax.Array,
+    weight: jax.Array | None,
+    bias: jax.Array | None,
+    running_mean: jax.Array | None,
+    running_var: jax.Array | None,
+    eps: float,
+    momentum: float,
+) -> Any:
     """Training-mode batch norm over (N, H, W): the output, or (output, new running mean, new running var)."""
     xw = _wide(x)
     mean = jnp.mean(xw, axis=(0, 2, 3))
@@ -209,8 +256,14 @@ def batch_norm(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, r
     return y, new_mean, new_var
 
 
-def batch_norm_inference(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, running_mean: jax.Array,
-                         running_var: jax.Array, eps: float) -> jax.Array:
+def batch_norm_inference(
+    x: jax.Array,
+    weight: jax.Array | None,
+    bias: jax.Array | None,
+    running_mean: jax.Array,
+    running_var: jax.Array,
+    eps: float,
+) -> jax.Array:
     """Batch norm with the running statistics, folded into one scale and shift per channel."""
     scale = lax.rsqrt(_wide(running_var) + eps)
     if weight is not None:
@@ -221,8 +274,9 @@ def batch_norm_inference(x: jax.Array, weight: jax.Array | None, bias: jax.Array
     return (x * scale[:, None, None] + shift[:, None, None]).astype(x.dtype)
 
 
-def layer_norm(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, normalized_shape: tuple[int, ...],
-               eps: float) -> jax.Array:
+def layer_norm(
+    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, normalized_shape: tuple[int, ...], eps: float
+) -> jax.Array:
     """torch.nn.functional.layer_norm over the last len(normalized_shape) axes (biased variance)."""
     axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
     xw = _wide(x)
@@ -266,8 +320,14 @@ def mse_loss(x: jax.Array, t: jax.Array, reduction: str) -> jax.Array:
     return _reduce(jnp.square(x - t), reduction)
 
 
-def cross_entropy(x: jax.Array, t: jax.Array, weight: tuple[float, ...] | None, ignore_index: int, reduction: str,
-                  label_smoothing: float) -> jax.Array:
+def cross_entropy(
+    x: jax.Array,
+    t: jax.Array,
+    weight: tuple[float, ...] | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> jax.Array:
     """torch.nn.functional.cross_entropy over logits [N, C, ...] and integer targets [N, ...]."""
     c = x.shape[1]
     logp = jax.nn.log_softmax(x, axis=1)
@@ -284,5 +344,3 @@ def cross_entropy(x: jax.Array, t: jax.Array, weight: tuple[float, ...] | None, 
     if reduction == "mean":
         return jnp.sum(loss) / jnp.sum(wt)
     return _reduce(loss, reduction)
-
-
