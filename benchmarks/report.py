@@ -62,8 +62,8 @@ WHY = {
     "torch-mlp": "The hand-written side builds its leaf tensors once, outside the timed call; mithril-torch's "
     "`forward_backward` must make each caller-owned parameter a fresh leaf (`detach().requires_grad_()`, four "
     "per call) and checks shapes, dtypes and devices: a few microseconds on a ~90 us call.",
-    "ggml": "bench_ggml.py's own target, not one of this issue's. At 20-64-10 the arithmetic is about a "
-    "microsecond, so GGML's fixed cost per graph compute, through ggml-python's ctypes bindings, is the row.",
+    "ggml": "At 20-64-10 the arithmetic is about a microsecond; ggml's fixed cost per graph compute (about "
+    "1.1 us) and its small-matrix kernels are most of the row, the Python around them about 1.6 us.",
 }
 
 
@@ -129,7 +129,7 @@ def hand_rows(backend: str) -> list[Row]:
 
         torch.set_num_threads(1)
     if backend == "ggml":
-        return [list(row) for row in module.small_rows()]
+        return [list(row) for row in module.small_rows() + module.memory_bound_rows(1)]
     if hasattr(module, "mlp_rows") and hasattr(module, "cnn_rows"):
         return [list(row) for row in module.mlp_rows() + module.cnn_rows()]
     out = io.StringIO()
@@ -235,6 +235,17 @@ def _per_call_table(rows: list[Row], reference: str) -> list[str]:
     return lines
 
 
+def _accuracy_table(rows: list[list[Any]]) -> list[str]:
+    """Markdown lines for GGML's quantization error table (bench_ggml.accuracy_rows)."""
+    lines = ["Quantized weights against float32, relative output error on held-out inputs over 5 seeds of "
+             "the quick start models; \"calibrated\" first runs `mithril_ggml.calibrate` on 512 other samples "
+             "(GPTQ).", "", "| case | mean | max | target |", "|---|---:|---:|---:|"]
+    for case, mean, worst, target in rows:
+        mark = "" if target is None else (" ✓" if worst < target else " ✗")
+        lines.append(f"| {case} | {mean:.4f} | {worst:.4f}{mark} | {'–' if target is None else target} |")
+    return [*lines, ""]
+
+
 def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str:
     """The whole of docs/benchmarks.md."""
     m = results["machine"]
@@ -282,6 +293,8 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
             continue
         reference = "Mithril NumPy backend" if backend == "ggml" else f"hand-written {backend}"
         lines += [*_per_call_table(res["rows"], reference), ""]
+        if "accuracy" in res:
+            lines += _accuracy_table(res["accuracy"])
     lines += ["## Per-call cost against Keras 3", "",
               "The same two networks in Keras 3 on the same framework, `KERAS_BACKEND` set per process: torch "
               "calls `model(x)` (under `no_grad` for forward) and `torch.autograd.grad`; jax jits "
@@ -413,7 +426,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also save the raw measurements there")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps({"backend": args.worker, "rows": hand_rows(args.worker)}))
+        payload: dict[str, Any] = {"backend": args.worker, "rows": hand_rows(args.worker)}
+        if args.worker == "ggml":
+            payload["accuracy"] = [list(row) for row in importlib.import_module("bench_ggml").accuracy_rows()]
+        print(json.dumps(payload))
         return
     import mithril as ml
 
