@@ -16,7 +16,7 @@ from mithril.testing import CASES, Case, check_case
 from mithril.testing.models import quickstart_cnn, quickstart_mlp
 
 # Cases ggml cannot run at all, and cases it runs forward but cannot differentiate.
-NO_FORWARD = {"pow", "max_pool2d_padded", "avg_pool2d_padded_exclusive"}
+NO_FORWARD = {"pow", "pow_broadcast", "max_pool2d_padded", "avg_pool2d_padded_exclusive"}
 NO_GRADIENT = {"gelu", "conv2d_groups_nobias"}
 
 

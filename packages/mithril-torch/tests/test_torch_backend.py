@@ -12,6 +12,8 @@ from torch_devices import DEVICES
 
 import mithril as ml
 from mithril.models import Linear, Model, Relu
+from mithril_numpy.ops import OPS as NUMPY_OPS
+from mithril_torch.ops import OPS as TORCH_OPS
 
 
 def mlp() -> Model:
@@ -29,6 +31,11 @@ def test_entry_point_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "mithril-torch"
+
+
+def test_torch_lowers_every_numpy_primitive() -> None:
+    """The conformance kit accepts a refusal; torch promises none, so its op table covers the reference's."""
+    assert not set(NUMPY_OPS) - set(TORCH_OPS), sorted(set(NUMPY_OPS) - set(TORCH_OPS))
 
 
 def test_unknown_device_lists_available_ones() -> None:
@@ -97,8 +104,9 @@ def test_gradients_for_a_subset_of_outputs_and_zeros_for_unused_params() -> None
     params = tm.randomize_params(seed=1)
     x, g = backend.randn(4, 5), backend.randn(4, 3)
     out, grads = tm.evaluate(params, {"input": x}, {"a": g})
-    n_out, n_grads = nm.evaluate({k: backend.to_numpy(v) for k, v in params.items()}, {"input": backend.to_numpy(x)},
-                                 {"a": backend.to_numpy(g)})
+    n_out, n_grads = nm.evaluate(
+        {k: backend.to_numpy(v) for k, v in params.items()}, {"input": backend.to_numpy(x)}, {"a": backend.to_numpy(g)}
+    )
     assert set(out) == {"a", "b"} and list(grads) == list(params)
     for key in params:
         np.testing.assert_allclose(backend.to_numpy(grads[key]), n_grads[key], rtol=1e-10, atol=1e-12)
@@ -165,16 +173,24 @@ def test_array_helpers_match_numpy_backend() -> None:
     data = np.random.default_rng(0).standard_normal((2, 3, 4))
     x, y = tb.array(data), nb.array(data)
     pairs = [
-        (tb.mean(x), nb.mean(y)), (tb.mean(x, axis=1, keepdim=True), nb.mean(y, axis=1, keepdim=True)),
-        (tb.sum(x, axis=(0, 2)), nb.sum(y, axis=(0, 2))), (tb.sum(x, keepdim=True), nb.sum(y, keepdim=True)),
-        (tb.max(x), nb.max(y)), (tb.max(x, axis=-1, keepdim=True), nb.max(y, axis=-1, keepdim=True)),
-        (tb.argmax(x), nb.argmax(y)), (tb.argmax(x, axis=1), nb.argmax(y, axis=1)),
-        (tb.exp(x), nb.exp(y)), (tb.log(tb.abs(x)), nb.log(nb.abs(y))), (tb.sqrt(tb.abs(x)), nb.sqrt(nb.abs(y))),
-        (tb.reshape(x, (6, 4)), nb.reshape(y, (6, 4))), (tb.transpose(x), nb.transpose(y)),
+        (tb.mean(x), nb.mean(y)),
+        (tb.mean(x, axis=1, keepdim=True), nb.mean(y, axis=1, keepdim=True)),
+        (tb.sum(x, axis=(0, 2)), nb.sum(y, axis=(0, 2))),
+        (tb.sum(x, keepdim=True), nb.sum(y, keepdim=True)),
+        (tb.max(x), nb.max(y)),
+        (tb.max(x, axis=-1, keepdim=True), nb.max(y, axis=-1, keepdim=True)),
+        (tb.argmax(x), nb.argmax(y)),
+        (tb.argmax(x, axis=1), nb.argmax(y, axis=1)),
+        (tb.exp(x), nb.exp(y)),
+        (tb.log(tb.abs(x)), nb.log(nb.abs(y))),
+        (tb.sqrt(tb.abs(x)), nb.sqrt(nb.abs(y))),
+        (tb.reshape(x, (6, 4)), nb.reshape(y, (6, 4))),
+        (tb.transpose(x), nb.transpose(y)),
         (tb.transpose(x, (1, 0, 2)), nb.transpose(y, (1, 0, 2))),
         (tb.concat([x, x], axis=1), nb.concat([y, y], axis=1)),
         (tb.matmul(x, tb.transpose(x, (0, 2, 1))), nb.matmul(y, nb.transpose(y, (0, 2, 1)))),
-        (tb.ones(2, 3), nb.ones(2, 3)), (tb.zeros(4), nb.zeros(4)),
+        (tb.ones(2, 3), nb.ones(2, 3)),
+        (tb.zeros(4), nb.zeros(4)),
     ]
     for got, want in pairs:
         np.testing.assert_allclose(tb.to_numpy(got), want, rtol=1e-12)

@@ -10,7 +10,17 @@ from mithril.testing import CASES, Case, check_case, test_dtype
 from mithril.testing.conformance import BackendConformance
 from mithril.testing.torch_parity import PARITY_CASES, ParityCase, check_torch_parity
 
-CUDA_CASES = ["conv2d", "max_pool2d_padded", "batch_norm", "cross_entropy_weighted_smoothed", "dropout_zero"]
+CUDA_CASES = [
+    "linear",
+    "pow",
+    "matmul",
+    "max_axis_keepdim",
+    "conv2d",
+    "max_pool2d_padded",
+    "batch_norm",
+    "cross_entropy_weighted_smoothed",
+    "dropout_zero",
+]
 
 
 class TestTorchConformance(BackendConformance):
@@ -27,8 +37,9 @@ def test_case_matches_numpy_on_cuda(case: Case) -> None:
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("case", [c for c in PARITY_CASES if c.name in ("QuickstartCNN", "CrossEntropyLoss_options")],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case", [c for c in PARITY_CASES if c.name in ("QuickstartCNN", "CrossEntropyLoss_options")], ids=lambda c: c.name
+)
 @pytest.mark.cuda
 @CUDA
 def test_matches_torch_nn_on_cuda(case: ParityCase, training: bool) -> None:

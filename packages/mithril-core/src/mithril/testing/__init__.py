@@ -1,7 +1,8 @@
 """Backend conformance kit: every primitive case checked against the NumPy reference.
 
-Backends (ours and third parties') call `check_case` for each entry of `CASES`; the
-NumPy backend itself is checked against finite differences with `finite_difference`.
+Backends (ours and third parties') call `check_case` for each entry of `CASES` and
+`KINK_CASES`; the NumPy backend itself is checked against finite differences with
+`finite_difference` (on `CASES`: at kinks the gradient is a convention, not a limit).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import numpy as np
 from .. import compiler
 from ..backend import Backend
 from ..dtypes import DType, as_dtype, float32, float64
-from .cases import CASES, Case
+from .cases import CASES, KINK_CASES, SYMBOLIC_SIZE, Case
 
 __all__ = [
     "CASES",
+    "KINK_CASES",
     "Case",
     "TOLERANCES",
     "test_dtype",
@@ -54,26 +56,33 @@ test_hardware.__test__ = False  # type: ignore[attr-defined]
 
 
 def draw_inputs(case: Case, compiled: compiler.CompiledModel, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Float64 NumPy params and inputs for `case` (params from `compiled`'s shapes)."""
+    """Float64 NumPy params and inputs for `case`: sizes from `case.shapes` (None: SYMBOLIC_SIZE), else `compiled`."""
     rng = np.random.default_rng(seed)
-    shapes = compiled.shapes
 
     def draw(key: str) -> np.ndarray:
-        shape = tuple(int(d) for d in shapes[key])
+        shape = tuple(SYMBOLIC_SIZE if d is None else int(d) for d in case.shapes.get(key, compiled.shapes[key]))
         if key in case.int_inputs:
             return rng.integers(0, case.int_inputs[key], shape)
         if case.domain.get(key) == "positive":
             return rng.uniform(0.5, 2.0, shape)
+        if case.domain.get(key) == "ties":
+            return rng.integers(-1, 2, shape).astype(np.float64)
         return rng.standard_normal(shape)
 
     return {k: draw(k) for k in compiled.param_keys}, {k: draw(k) for k in compiled.input_keys}
 
 
 def run_case(
-    case: Case, backend: Backend, params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+    case: Case,
+    backend: Backend,
+    params: Mapping[str, np.ndarray],
+    inputs: Mapping[str, np.ndarray],
     output_grads: Mapping[str, np.ndarray] | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-    """Compile and evaluate `case` on `backend`, returning float64 NumPy results."""
+    """Compile and evaluate `case` on `backend`, returning float64 NumPy results.
+
+    Outputs must come back in the backend's dtype.
+    """
     compiled = _compile(case, backend)
     p = {k: backend.array(v) for k, v in params.items()}
     x = {k: backend.array(v) for k, v in inputs.items()}
@@ -82,30 +91,40 @@ def run_case(
         out, grads = compiled.evaluate(p, x), None
     else:
         out, grads = compiled.evaluate(p, x, {k: backend.array(v) for k, v in output_grads.items()})
+    for key, value in out.items():
+        dtype = backend.dtype_of(value)
+        assert dtype is backend.dtype, f"{case.name}: output {key!r} came back as {dtype}, not {backend.dtype.name}"
     if compiled.state is not None:
         out = {**out, **{f"state:{k}": v for k, v in compiled.state.items()}}
     return as64(out), None if grads is None else as64(grads)
 
 
 def check_case(case: Case, backend: Backend, reference: Backend, *, grads: bool = True) -> None:
-    """Assert `backend` matches `reference` (a float64 NumPy backend) on `case`."""
+    """Assert `backend` matches `reference` (a float64 NumPy backend) on `case`.
+
+    Forward alone, then (where both sides take gradients) forward and backward together:
+    the same outputs, gradients keyed like the reference's, all within the dtype's tolerances.
+    """
     params, inputs = draw_inputs(case, _compile(case, reference))
+    rtol, atol = TOLERANCES[backend.dtype.name]
+
+    def assert_close(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], what: str) -> None:
+        assert list(got) == list(want), f"{case.name}: {what} keys {list(got)}, reference {list(want)}"
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=rtol, atol=atol, err_msg=f"{case.name}: {what} {key!r}")
+
     ref_out, _ = run_case(case, reference, params, inputs, None)
+    assert_close(run_case(case, backend, params, inputs, None)[0], ref_out, "output")
+    if not (grads and case.grads and backend.supports_gradients):
+        return
     out_grads = {
         k: np.random.default_rng(1).standard_normal(v.shape) for k, v in ref_out.items() if not k.startswith("state:")
     }
-    want_grads = grads and case.grads and backend.supports_gradients
-    ref_out, ref_grads = run_case(case, reference, params, inputs, out_grads if want_grads else None)
-    got_out, got_grads = run_case(case, backend, params, inputs, out_grads if want_grads else None)
-    rtol, atol = TOLERANCES[backend.dtype.name]
-    for key, want in ref_out.items():
-        np.testing.assert_allclose(got_out[key], want, rtol=rtol, atol=atol, err_msg=f"{case.name}: output {key!r}")
-    if want_grads:
-        assert got_grads is not None and ref_grads is not None
-        for key, want in ref_grads.items():
-            np.testing.assert_allclose(
-                got_grads[key], want, rtol=rtol, atol=atol, err_msg=f"{case.name}: gradient of {key!r}"
-            )
+    ref_out, ref_grads = run_case(case, reference, params, inputs, out_grads)
+    got_out, got_grads = run_case(case, backend, params, inputs, out_grads)
+    assert got_grads is not None and ref_grads is not None
+    assert_close(got_out, ref_out, "output with gradients")
+    assert_close(got_grads, ref_grads, "gradient of")
 
 
 def finite_difference(case: Case, backend: Backend, eps: float = 1e-6) -> None:

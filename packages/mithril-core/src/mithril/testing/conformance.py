@@ -7,11 +7,12 @@ A backend package runs it from its own tests:
     class TestConformance(BackendConformance):
         backend_name = "mybackend"
 
-Every primitive case and every torch-parity case runs against the float64 NumPy
-reference (forward; backward when the backend declares gradient support), with
-dtype-aware tolerances; plus argument errors, dtype handling, seeded RNG and
-parameter exchange. Capabilities a backend declares it lacks must fail at compile
-time with UnsupportedError, and that is checked too.
+Every primitive case (smooth inputs, and inputs on kinks: ties and zeros), the quick
+start MLP and every torch-parity case run against the float64 NumPy reference (forward;
+backward when the backend declares gradient support), with dtype-aware tolerances; every
+op the backend lowers must be exercised by a case; plus argument errors, dtype handling,
+seeded RNG and parameter exchange. Capabilities a backend declares it lacks must fail at
+compile time with UnsupportedError, and that is checked too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from ..errors import DTypeMismatchError, KeyNotFoundError, ShapeError, Unsupport
 from ..graph import flatten
 from ..models import Linear, Model, Relu
 from ..plugins import registry
-from . import CASES, Case, check_case, test_dtype
+from . import CASES, KINK_CASES, Case, check_case, test_dtype
+from .models import quickstart_mlp
 from .torch_parity import PARITY_CASES, ParityCase, check_torch_parity
 
 __all__ = ["BackendConformance"]
@@ -62,8 +64,9 @@ class BackendConformance:
         return registry.backend_class(self.backend_name)
 
     def dtype(self) -> dtypes.DType:
-        dtype = test_dtype(dtypes.float64 if dtypes.float64 in self.backend_class().supported_dtypes
-                           else dtypes.float32)
+        dtype = test_dtype(
+            dtypes.float64 if dtypes.float64 in self.backend_class().supported_dtypes else dtypes.float32
+        )
         if dtype not in self.backend_class().supported_dtypes:
             pytest.skip(f"backend {self.backend_name!r} does not support {dtype.name}")
         return dtype
@@ -74,15 +77,40 @@ class BackendConformance:
     def reference(self) -> Backend:
         return registry.backend_class("numpy")(dtype=dtypes.float64)
 
-    # -- primitives and layers -------------------------------------------------------------
-    @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-    def test_primitive_matches_reference(self, case: Case) -> None:
+    def check(self, case: Case) -> None:
+        """`check_case` on this backend; a primitive it lacks must be refused at compile time."""
         backend = self.make()
         if not backend.supports(case.primitive):
             with pytest.raises(UnsupportedError, match=case.primitive):
                 compiler.compile(case.build(), backend, shapes=case.shapes)
             return
         _declared(lambda: check_case(case, backend, self.reference(), grads=backend.supports_gradients))
+
+    # -- primitives and layers -------------------------------------------------------------
+    @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+    def test_primitive_matches_reference(self, case: Case) -> None:
+        self.check(case)
+
+    @pytest.mark.parametrize("case", KINK_CASES, ids=lambda c: c.name)
+    def test_gradient_at_kinks_matches_reference(self, case: Case) -> None:
+        """Ties split the gradient and relu/abs have gradient 0 at 0, as in the reference (and torch)."""
+        self.check(case)
+
+    def test_quickstart_mlp_matches_reference(self) -> None:
+        """A composed model, at the quick start's sizes; elementwise tolerances hold in float32 and float64."""
+        if self.dtype() not in (dtypes.float32, dtypes.float64):
+            pytest.skip("the quick start MLP is checked in float32 and float64")
+        self.check(Case("quickstart_mlp", "linear", quickstart_mlp, {"input": [32, 20]}))
+
+    def test_every_op_has_a_case(self) -> None:
+        """Each primitive the backend lowers is in the training or inference graph of some case."""
+        covered = {
+            node.primitive
+            for case in [*CASES, *KINK_CASES]
+            for inference in (False, True)
+            for node in flatten(case.build(), inference=inference).nodes
+        }
+        assert set(self.backend_class().ops) <= covered, sorted(set(self.backend_class().ops) - covered)
 
     @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
     @pytest.mark.parametrize("case", PARITY_CASES, ids=lambda c: c.name)
