@@ -78,7 +78,7 @@ def max_grad(g: np.ndarray, x: np.ndarray, out: np.ndarray, axis: Any, keepdim: 
     if not keepdim:
         g, out = np.expand_dims(g, axes), np.expand_dims(out, axes)
     mask = x == out
-    return mask * (g / mask.sum(axis=axes, keepdims=True))
+    return mask * (g / mask.sum(axis=axes, keepdims=True, dtype=g.dtype))
 
 
 def tie_grad(g: np.ndarray, mine: np.ndarray, other: np.ndarray, wins: Any) -> np.ndarray:

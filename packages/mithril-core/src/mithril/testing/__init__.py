@@ -81,7 +81,7 @@ def run_case(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """Compile and evaluate `case` on `backend`, returning float64 NumPy results.
 
-    Outputs must come back in the backend's dtype.
+    Outputs and gradients must come back in the backend's dtype.
     """
     compiled = _compile(case, backend)
     p = {k: backend.array(v) for k, v in params.items()}
@@ -91,9 +91,10 @@ def run_case(
         out, grads = compiled.evaluate(p, x), None
     else:
         out, grads = compiled.evaluate(p, x, {k: backend.array(v) for k, v in output_grads.items()})
-    for key, value in out.items():
-        dtype = backend.dtype_of(value)
-        assert dtype is backend.dtype, f"{case.name}: output {key!r} came back as {dtype}, not {backend.dtype.name}"
+    for what, values in (("output", out), ("gradient of", grads or {})):
+        for key, value in values.items():
+            dtype = backend.dtype_of(value)
+            assert dtype is backend.dtype, f"{case.name}: {what} {key!r} came back as {dtype}, not {backend.dtype.name}"
     if compiled.state is not None:
         out = {**out, **{f"state:{k}": v for k, v in compiled.state.items()}}
     return as64(out), None if grads is None else as64(grads)
