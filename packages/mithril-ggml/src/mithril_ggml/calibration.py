@@ -65,7 +65,7 @@ def calibrate(
                 x = values[edge.name].reshape(-1, shapes[name][1]).astype(np.float64)
                 gram[name] += x.T @ x
                 rows[name] += len(x)
-    program.calibrate(gram)
+    program.calibrate(gram, rows)
     return rows
 
 

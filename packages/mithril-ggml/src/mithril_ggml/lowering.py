@@ -320,6 +320,7 @@ class GGMLProgram(Program):
         self.grad_problem = None if options.inference else self._find_grad_problem()
         self._report: dict[str, str] | None = None
         self.calibration: dict[str, np.ndarray] = {}
+        self._calibration_rows: dict[str, int] = {}
         static = self._build_static()
         gen = PythonCodegen(graph, backend, OPS, {})  # type: ignore[arg-type]
         self.diagnose = make_diagnose(graph, backend)
@@ -448,9 +449,10 @@ class GGMLProgram(Program):
         out.extend(np.ascontiguousarray(by_name[name].T) for name in store.transposed)
         return out
 
-    def calibrate(self, hessians: dict[str, np.ndarray]) -> None:
-        """Quantize weights with GPTQ on these input Gram matrices from now on (see calibration.py)."""
+    def calibrate(self, hessians: dict[str, np.ndarray], rows: dict[str, int]) -> None:
+        """Quantize weights with GPTQ on these input Gram matrices, from `rows` samples each, from now on."""
         self.calibration = hessians
+        self._calibration_rows = rows
         self._prepared.clear()
         for store in self._stores.values():
             store.loaded = None
@@ -466,13 +468,15 @@ class GGMLProgram(Program):
 
     @property
     def quantization_report(self) -> dict[str, str]:
-        """Storage type of every parameter, with the reason when a weight stays float32."""
+        """Storage type of every parameter, with the reason when a weight stays float32 and how
+        calibrated weights were rounded."""
         if self._report is None:
             raise ShapeError(
                 f"{self.graph.model.describe()}: parameter shapes are not known yet; give shapes= to ml.compile "
                 "or evaluate the model once"
             )
-        return dict(self._report)
+        rows = self._calibration_rows
+        return {k: f"{v} (GPTQ on {rows[k]} calibration rows)" if k in rows else v for k, v in self._report.items()}
 
     # -- running ---------------------------------------------------------------------
     def _instance(self, store: _WeightStore, xs: tuple[Any, ...], grad_keys: frozenset[str] | None) -> _Instance:
