@@ -196,12 +196,27 @@ class Builder:
             rows = self.reshape(self.permute(x, (*rest, *axes)), (math.prod(x.shape[i] for i in rest), n))
             if kind == "max":
                 pooled = G.ggml_pool_2d(self.ctx, rows.tensor, G.GGML_OP_POOL_MAX, n, 1, n, 1, 0.0, 0.0)
+                y = T(pooled, (rows.shape[0], 1))
+                if self.grad:
+                    y = self.tied_max(rows, y)
             else:
-                pooled = G.ggml_sum_rows(self.ctx, rows.tensor)
-            y = T(pooled, (rows.shape[0], 1))
+                y = T(G.ggml_sum_rows(self.ctx, rows.tensor), (rows.shape[0], 1))
         if kind == "mean":
             y = self.scale(y, 1.0 / n)
         return self.reshape(y, out)
+
+    def tied_max(self, rows: T, peak: T) -> T:
+        """Row maxima whose gradient ties share evenly, as on every other backend (torch.amax's rule).
+
+        ggml's max pooling sends a row's whole gradient to its first maximum. Written as the
+        mean of the row over the positions that reach `peak`, with the positions found through
+        ggml_step (whose backward passes nothing), the gradient is split over all of them.
+        """
+        below = self.unary(G.ggml_step, self.sub(peak, rows))
+        at_peak = self.scale(below, -1.0, 1.0)
+        total = T(G.ggml_sum_rows(self.ctx, self.mul(rows, at_peak).tensor), peak.shape)
+        count = T(G.ggml_sum_rows(self.ctx, at_peak.tensor), peak.shape)
+        return self.div(total, count)
 
     def move_axis_last(self, x: T, axis: int) -> tuple[T, tuple[int, ...]]:
         rank = len(x.shape)

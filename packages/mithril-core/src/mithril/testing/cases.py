@@ -213,4 +213,6 @@ KINK_CASES: list[Case] = [
         {"left": [4, 5], "right": [4, 5]},
         {"left": "ties", "right": "ties"},
     ),
+    Case("max_ties", "max", lambda: Max(axis=1), {"input": [4, 6]}, {"input": "ties"}),
+    Case("max_all_ties", "max", lambda: Max(axis=None), {"input": [3, 4]}, {"input": "ties"}),
 ]
