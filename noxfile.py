@@ -77,11 +77,7 @@ def _cell_name(backend: str, dtype: str, hardware: str) -> str:
 
 
 nox.options.sessions = [
-    *(
-        _cell_name(backend, dtype, "cpu")
-        for backend in DEFAULT_BACKENDS
-        for dtype in DTYPES[backend]
-    ),
+    *(_cell_name(backend, dtype, "cpu") for backend in DEFAULT_BACKENDS for dtype in DTYPES[backend]),
     "integration",
     "plugins",
     "lint",
@@ -203,9 +199,11 @@ def plugins(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff over every package, the tests, benchmarks, examples and this file."""
+    """Ruff's linter and formatter check over every package, the tests, benchmarks, examples and this file."""
     session.install(*_pip_options(), "ruff")
-    session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py", *session.posargs)
+    paths = ("packages", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("ruff", "check", *paths, *session.posargs)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session

@@ -37,12 +37,22 @@ def small_rows() -> list[Row]:
     for threads in (None, 1, 2):
         ggml = ml.compile(model, ml.GGMLBackend(n_threads=threads), shapes={"input": [32, 20]})
         label = "auto" if threads is None else str(threads)
-        rows.append((f"MLP 20-64-10 b32 fwd, ggml f32 ({label} thr)", *compare(
-            lambda g=ggml: g.evaluate(params, x), lambda: numpy.evaluate(params, x)), 1.0 if threads is None else None))
+        rows.append(
+            (
+                f"MLP 20-64-10 b32 fwd, ggml f32 ({label} thr)",
+                *compare(lambda g=ggml: g.evaluate(params, x), lambda: numpy.evaluate(params, x)),
+                1.0 if threads is None else None,
+            )
+        )
     ggml = ml.compile(model, ml.GGMLBackend(), shapes={"input": [32, 20]})
     grads = {"output": ml.NumpyBackend().randn(32, 10)}
-    rows.append(("MLP 20-64-10 b32 fwd+bwd, ggml f32", *compare(
-        lambda: ggml.evaluate(params, x, grads), lambda: numpy.evaluate(params, x, grads)), None))
+    rows.append(
+        (
+            "MLP 20-64-10 b32 fwd+bwd, ggml f32",
+            *compare(lambda: ggml.evaluate(params, x, grads), lambda: numpy.evaluate(params, x, grads)),
+            None,
+        )
+    )
     return rows
 
 
@@ -89,8 +99,13 @@ def accuracy_rows(seeds: int = 5) -> list[AccuracyRow]:
     from mithril.testing.models import quickstart_cnn, quickstart_mlp
 
     models = {"MLP 20-64-10 b32": (quickstart_mlp, [32, 20]), "CNN 3x16x16 b8": (quickstart_cnn, [8, 3, 16, 16])}
-    modes = [("float16", False, None), ("int8", False, 0.01), ("int8", True, 0.01), ("int4", False, 0.05),
-             ("int4", True, 0.05)]
+    modes = [
+        ("float16", False, None),
+        ("int8", False, 0.01),
+        ("int8", True, 0.01),
+        ("int4", False, 0.05),
+        ("int4", True, 0.05),
+    ]
     rows: list[AccuracyRow] = []
     for name, (build, size) in models.items():
         base = ml.compile(build(), ml.GGMLBackend(), shapes={"input": size}, static_inference=True)
@@ -98,18 +113,21 @@ def accuracy_rows(seeds: int = 5) -> list[AccuracyRow]:
             errors = []
             for seed in range(seeds):
                 rng = np.random.default_rng(seed)
-                quantized = ml.compile(build(), ml.GGMLBackend(quantize=mode), shapes={"input": size},
-                                       static_inference=True)
+                quantized = ml.compile(
+                    build(), ml.GGMLBackend(quantize=mode), shapes={"input": size}, static_inference=True
+                )
                 params = base.randomize_params(seed=seed)
                 if calibrated:
                     samples = [{"input": rng.standard_normal(size).astype(np.float32)} for _ in range(512 // size[0])]
                     mithril_ggml.calibrate(quantized, params, samples)
                 x = {"input": rng.standard_normal(size).astype(np.float32)}
                 want = base.evaluate(params, x)["output"]
-                errors.append(float(np.linalg.norm(quantized.evaluate(params, x)["output"] - want)
-                                    / np.linalg.norm(want)))
-            rows.append((f"{name}, {mode}{' calibrated' if calibrated else ''}", float(np.mean(errors)),
-                         max(errors), target))
+                errors.append(
+                    float(np.linalg.norm(quantized.evaluate(params, x)["output"] - want) / np.linalg.norm(want))
+                )
+            rows.append(
+                (f"{name}, {mode}{' calibrated' if calibrated else ''}", float(np.mean(errors)), max(errors), target)
+            )
     return rows
 
 
@@ -128,8 +146,9 @@ def main() -> None:
     print_table("Small MLP: GGML float32 vs NumPy backend (ratio < 1: GGML faster)", small_rows())
     for threads in (1, None):
         label = "all cores" if threads is None else f"{threads} thread"
-        print_table(f"Memory-bound MLP, {label}: quantized weights (ratio = first / second)",
-                    memory_bound_rows(threads))
+        print_table(
+            f"Memory-bound MLP, {label}: quantized weights (ratio = first / second)", memory_bound_rows(threads)
+        )
     print_accuracy(accuracy_rows())
     print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f} s")
 

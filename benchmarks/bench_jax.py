@@ -79,8 +79,13 @@ def cnn(params: Params, x: jax.Array, state: Params) -> tuple[jax.Array, Params]
     h = x
     for conv_key, bn_key in zip(("conv2d_0", "conv2d_1"), BN_KEYS):
         h = conv(h, params[f"{conv_key}.weight"], params[f"{conv_key}.bias"])
-        h, mean, var = batch_norm(h, params[f"{bn_key}.weight"], params[f"{bn_key}.bias"],
-                                  state[f"{bn_key}.running_mean"], state[f"{bn_key}.running_var"])
+        h, mean, var = batch_norm(
+            h,
+            params[f"{bn_key}.weight"],
+            params[f"{bn_key}.bias"],
+            state[f"{bn_key}.running_mean"],
+            state[f"{bn_key}.running_var"],
+        )
         new_state[f"{bn_key}.running_mean"], new_state[f"{bn_key}.running_var"] = mean, var
         h = max_pool(jax.nn.relu(h))
     h = jnp.reshape(h, (h.shape[0], -1))

@@ -77,8 +77,11 @@ def cnn_rows() -> list[tuple[str, float, float, float, float | None]]:
             continue  # zero analytically (BatchNorm follows): both sides are rounding noise
         np.testing.assert_allclose(grads[key], value, rtol=1e-2, atol=1e-3 * float(np.abs(value).max()))
     fwd = compare(lambda: compiled.evaluate(params, {"input": x}), lambda: hand.forward(params, x), min_time=0.3)
-    bwd = compare(lambda: compiled.evaluate(params, {"input": x}, {"output": g}),
-                  lambda: hand.forward_backward(params, x, g), min_time=0.3)
+    bwd = compare(
+        lambda: compiled.evaluate(params, {"input": x}, {"output": g}),
+        lambda: hand.forward_backward(params, x, g),
+        min_time=0.3,
+    )
     return [
         ("CNN batch 32x3x32x32: forward (train mode)", *fwd, 1.3),
         ("CNN batch 32x3x32x32: forward+backward", *bwd, 1.3),

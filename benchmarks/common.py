@@ -31,8 +31,9 @@ def per_call(fn: Callable[[], object], *, min_time: float = 0.2, repeats: int = 
     return statistics.median(samples)
 
 
-def compare(candidate: Callable[[], object], reference: Callable[[], object], *, rounds: int = 5,
-            min_time: float = 0.1) -> tuple[float, float, float]:
+def compare(
+    candidate: Callable[[], object], reference: Callable[[], object], *, rounds: int = 5, min_time: float = 0.1
+) -> tuple[float, float, float]:
     """(candidate seconds, reference seconds, ratio): rounds alternate to cancel drift; medians."""
     cand, ref = [], []
     for _ in range(rounds):

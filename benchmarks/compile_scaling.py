@@ -74,8 +74,13 @@ def measure(build: Callable[[], Model], backend_name: str, shape: list[int], rep
     start = time.perf_counter()
     _block(compiled.evaluate(params, x))
     second = time.perf_counter() - start
-    return {"build_s": statistics.median(builds), "compile_s": statistics.median(compiles),
-            "first_call_s": first, "second_call_s": second, "repeats": repeats}
+    return {
+        "build_s": statistics.median(builds),
+        "compile_s": statistics.median(compiles),
+        "first_call_s": first,
+        "second_call_s": second,
+        "repeats": repeats,
+    }
 
 
 def run(backend_name: str) -> dict[str, Any]:
@@ -98,8 +103,10 @@ def print_result(result: dict[str, Any]) -> None:
     rows = [(f"MLP {n} layers", r) for n, r in result["mlp"].items()]
     rows += [("ResNet-18 1x3x224x224", result["resnet18"]), ("quick start CNN", result["quickstart_cnn"])]
     for name, r in rows:
-        print(f"{name:<24} {r['build_s'] * 1e3:>9.1f}ms {r['compile_s'] * 1e3:>9.1f}ms "
-              f"{r['first_call_s'] * 1e3:>9.1f}ms {r['second_call_s'] * 1e3:>9.1f}ms")
+        print(
+            f"{name:<24} {r['build_s'] * 1e3:>9.1f}ms {r['compile_s'] * 1e3:>9.1f}ms "
+            f"{r['first_call_s'] * 1e3:>9.1f}ms {r['second_call_s'] * 1e3:>9.1f}ms"
+        )
 
 
 def main() -> None:

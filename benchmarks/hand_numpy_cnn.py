@@ -51,7 +51,7 @@ def _bn_back(g: np.ndarray, xhat: np.ndarray, inv: np.ndarray, gamma: np.ndarray
     dgamma = (g * xhat).sum((0, 2, 3))
     dbeta = g.sum((0, 2, 3))
     dxhat = g * gamma[:, None, None]
-    dx = (m * dxhat - dxhat.sum((0, 2, 3), keepdims=True) - xhat * (dxhat * xhat).sum((0, 2, 3), keepdims=True))
+    dx = m * dxhat - dxhat.sum((0, 2, 3), keepdims=True) - xhat * (dxhat * xhat).sum((0, 2, 3), keepdims=True)
     return dx * inv / m, dgamma, dbeta
 
 
@@ -94,11 +94,13 @@ def forward_backward(p: dict[str, np.ndarray], x: np.ndarray, g: np.ndarray) -> 
     grads["linear_0.weight"], grads["linear_0.bias"] = df1.T @ flat, df1.sum(0)
     dp2 = (df1 @ p["linear_0.weight"]).reshape(p2.shape)
     db2 = _pool_back(dp2, r2, p2) * (r2 > 0)
-    dc2, grads["batchnorm2d_1.weight"], grads["batchnorm2d_1.bias"] = _bn_back(db2, xh2, inv2,
-                                                                                p["batchnorm2d_1.weight"])
+    dc2, grads["batchnorm2d_1.weight"], grads["batchnorm2d_1.bias"] = _bn_back(
+        db2, xh2, inv2, p["batchnorm2d_1.weight"]
+    )
     dp1, grads["conv2d_1.weight"], grads["conv2d_1.bias"] = _conv_back(dc2, cols2, p1, p["conv2d_1.weight"])
     db1 = _pool_back(dp1, r1, p1) * (r1 > 0)
-    dc1, grads["batchnorm2d_0.weight"], grads["batchnorm2d_0.bias"] = _bn_back(db1, xh1, inv1,
-                                                                                p["batchnorm2d_0.weight"])
+    dc1, grads["batchnorm2d_0.weight"], grads["batchnorm2d_0.bias"] = _bn_back(
+        db1, xh1, inv1, p["batchnorm2d_0.weight"]
+    )
     _, grads["conv2d_0.weight"], grads["conv2d_0.bias"] = _conv_back(dc1, cols1, x, p["conv2d_0.weight"])
     return out, grads

@@ -33,11 +33,13 @@ TIMING: dict[str, Any] = {"min_time": 0.3, "rounds": 9}
 
 def keras_mlp(keras: Any) -> Any:
     """The quick start MLP 20-64-10 as a Keras Sequential model."""
-    return keras.Sequential([
-        keras.Input(shape=MLP_SHAPE[1:]),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input(shape=MLP_SHAPE[1:]),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
 
 
 def keras_cnn(keras: Any) -> Any:
@@ -45,14 +47,23 @@ def keras_cnn(keras: Any) -> Any:
     layers, fmt = keras.layers, "channels_first"
 
     def conv_block(channels: int) -> list[Any]:
-        return [layers.Conv2D(channels, 3, padding="same", data_format=fmt),
-                layers.BatchNormalization(axis=1, momentum=0.9, epsilon=1e-5),
-                layers.ReLU(), layers.MaxPooling2D(2, data_format=fmt)]
+        return [
+            layers.Conv2D(channels, 3, padding="same", data_format=fmt),
+            layers.BatchNormalization(axis=1, momentum=0.9, epsilon=1e-5),
+            layers.ReLU(),
+            layers.MaxPooling2D(2, data_format=fmt),
+        ]
 
-    return keras.Sequential([
-        keras.Input(shape=CNN_SHAPE[1:]), *conv_block(16), *conv_block(32),
-        layers.Flatten(data_format=fmt), layers.Dense(128, activation="relu"), layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input(shape=CNN_SHAPE[1:]),
+            *conv_block(16),
+            *conv_block(32),
+            layers.Flatten(data_format=fmt),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(10),
+        ]
+    )
 
 
 def _mithril_models() -> dict[str, tuple[Any, tuple[int, ...], tuple[int, ...]]]:
@@ -91,22 +102,28 @@ def _keras_calls(backend: str, model: Any, x: Any, g: Any) -> tuple[Callable[[],
         @jax.jit
         def forward_backward(tv: Any, ntv: Any, inputs: Any, cotangent: Any) -> Any:
             out, pullback, new_state = jax.vjp(
-                lambda t: model.stateless_call(t, ntv, inputs, training=True), tv, has_aux=True)
+                lambda t: model.stateless_call(t, ntv, inputs, training=True), tv, has_aux=True
+            )
             return out, pullback(cotangent)[0], new_state
 
-        return (lambda: jax.block_until_ready(forward(trainable, state, x)),
-                lambda: jax.block_until_ready(forward_backward(trainable, state, x, g)))
+        return (
+            lambda: jax.block_until_ready(forward(trainable, state, x)),
+            lambda: jax.block_until_ready(forward_backward(trainable, state, x, g)),
+        )
     return (lambda: model(x, training=True)), None
 
 
-def _mithril_calls(backend: str, compiled: Any, params: Any, inputs: Any, grads: Any) -> tuple[
-        Callable[[], Any], Callable[[], Any]]:
+def _mithril_calls(
+    backend: str, compiled: Any, params: Any, inputs: Any, grads: Any
+) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """(forward, forward+backward) closures evaluating the compiled Mithril model, waiting for JAX's results."""
     if backend == "jax":
         import jax
 
-        return (lambda: jax.block_until_ready(compiled.evaluate(params, inputs)),
-                lambda: jax.block_until_ready(compiled.evaluate(params, inputs, grads)))
+        return (
+            lambda: jax.block_until_ready(compiled.evaluate(params, inputs)),
+            lambda: jax.block_until_ready(compiled.evaluate(params, inputs, grads)),
+        )
     return (lambda: compiled.evaluate(params, inputs)), (lambda: compiled.evaluate(params, inputs, grads))
 
 

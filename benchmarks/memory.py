@@ -103,9 +103,11 @@ def run() -> dict[str, Any]:
             samples[subject].append(json.loads(text.splitlines()[-1]))
     result: dict[str, Any] = {"batch": BATCH, "runs": RUNS, "method": samples["numpy"][0]["method"], "subjects": {}}
     for subject, runs in samples.items():
-        summary = {"label": SUBJECTS[subject],
-                   "peak_delta_bytes": statistics.median(r["peak_delta_bytes"] for r in runs),
-                   "rss_before_bytes": statistics.median(r["rss_before_bytes"] for r in runs)}
+        summary = {
+            "label": SUBJECTS[subject],
+            "peak_delta_bytes": statistics.median(r["peak_delta_bytes"] for r in runs),
+            "rss_before_bytes": statistics.median(r["rss_before_bytes"] for r in runs),
+        }
         if subject == "numpy":
             summary["tracemalloc_peak_bytes"] = statistics.median(r["tracemalloc_peak_bytes"] for r in runs)
         result["subjects"][subject] = summary
@@ -127,12 +129,16 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"\nPeak memory of one forward+backward step, quick start CNN, batch {BATCH} "
-          f"(median of {RUNS} processes; {result['method']})")
+    print(
+        f"\nPeak memory of one forward+backward step, quick start CNN, batch {BATCH} "
+        f"(median of {RUNS} processes; {result['method']})"
+    )
     for subject in result["subjects"].values():
         print(f"{subject['label']:<48} {subject['peak_delta_bytes'] / 2**20:>8.1f} MiB")
-    print(f"NumPy / torch: {result['ratio_numpy_to_torch']:.2f}; NumPy tracemalloc peak "
-          f"{result['subjects']['numpy']['tracemalloc_peak_bytes'] / 2**20:.1f} MiB")
+    print(
+        f"NumPy / torch: {result['ratio_numpy_to_torch']:.2f}; NumPy tracemalloc peak "
+        f"{result['subjects']['numpy']['tracemalloc_peak_bytes'] / 2**20:.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

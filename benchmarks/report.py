@@ -69,8 +69,15 @@ WHY = {
 def _run_json(args: list[str], env: dict[str, str] | None = None, timeout: float = 1200) -> dict[str, Any]:
     """Run `python args` and parse the last stdout line as JSON; {"error": ...} when it fails."""
     try:
-        proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                              cwd=ROOT, env={**os.environ, **(env or {})}, check=False)
+        proc = subprocess.run(
+            [sys.executable, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = proc.stdout.strip().splitlines()
@@ -82,15 +89,31 @@ def _run_json(args: list[str], env: dict[str, str] | None = None, timeout: float
 
 def machine() -> dict[str, str]:
     """CPU model, cores, Python and framework versions of this machine."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    info = {"CPU": cpu, "cores available": str(cores), "load average at start (1, 5, 15 min)": load,
-            "OS": platform.platform(),
-            "Python": platform.python_version()}
-    for label, distribution in (("numpy", "numpy"), ("torch", "torch"), ("jax", "jax"), ("keras", "keras"),
-                                ("ggml-python", "ggml-python"), ("matplotlib", "matplotlib")):
+    info = {
+        "CPU": cpu,
+        "cores available": str(cores),
+        "load average at start (1, 5, 15 min)": load,
+        "OS": platform.platform(),
+        "Python": platform.python_version(),
+    }
+    for label, distribution in (
+        ("numpy", "numpy"),
+        ("torch", "torch"),
+        ("jax", "jax"),
+        ("keras", "keras"),
+        ("ggml-python", "ggml-python"),
+        ("matplotlib", "matplotlib"),
+    ):
         try:
             info[label] = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
@@ -100,11 +123,16 @@ def machine() -> dict[str, str]:
 
 def import_times() -> dict[str, float]:
     """Median seconds of `import mithril` and of the first ml.NumpyBackend() in fresh interpreters."""
-    code = ("import time; t = time.perf_counter(); import mithril as ml; t1 = time.perf_counter(); "
-            "ml.NumpyBackend(); t2 = time.perf_counter(); print(t1 - t, t2 - t1)")
+    code = (
+        "import time; t = time.perf_counter(); import mithril as ml; t1 = time.perf_counter(); "
+        "ml.NumpyBackend(); t2 = time.perf_counter(); print(t1 - t, t2 - t1)"
+    )
     runs = [subprocess.check_output([sys.executable, "-c", code], text=True).split() for _ in range(IMPORT_RUNS)]
-    return {"import_s": statistics.median(float(r[0]) for r in runs),
-            "first_backend_s": statistics.median(float(r[1]) for r in runs), "runs": IMPORT_RUNS}
+    return {
+        "import_s": statistics.median(float(r[0]) for r in runs),
+        "first_backend_s": statistics.median(float(r[1]) for r in runs),
+        "runs": IMPORT_RUNS,
+    }
 
 
 def _parse_table(text: str) -> list[Row]:
@@ -114,8 +142,15 @@ def _parse_table(text: str) -> list[Row]:
         match = TABLE_ROW.match(line)
         if match and not line.startswith("case"):
             case, c, r, ratio, target = match.groups()
-            rows.append([case.strip(), float(c) * 1e-6, float(r) * 1e-6, float(ratio),
-                         None if target is None else float(target)])
+            rows.append(
+                [
+                    case.strip(),
+                    float(c) * 1e-6,
+                    float(r) * 1e-6,
+                    float(ratio),
+                    None if target is None else float(target),
+                ]
+            )
     return rows
 
 
@@ -154,13 +189,17 @@ def collect(backends: list[str]) -> dict[str, Any]:
         results["hand"][backend] = _run_json([str(BENCH / "report.py"), "--worker", backend])
         if backend in KERAS_BACKENDS:
             print(f"{backend}: per-call vs Keras ...", flush=True)
-            results["keras"][backend] = _run_json([str(BENCH / "keras_models.py"), "--backend", backend, "--json"],
-                                                  env={"KERAS_BACKEND": backend})
+            results["keras"][backend] = _run_json(
+                [str(BENCH / "keras_models.py"), "--backend", backend, "--json"], env={"KERAS_BACKEND": backend}
+            )
         print(f"{backend}: compile scaling ...", flush=True)
         results["compile"][backend] = _run_json([str(BENCH / "compile_scaling.py"), "--backend", backend, "--json"])
     print("memory ...", flush=True)
-    results["memory"] = _run_json([str(BENCH / "memory.py"), "--json"]) if "torch" in backends else {
-        "error": "the torch backend is not installed"}
+    results["memory"] = (
+        _run_json([str(BENCH / "memory.py"), "--json"])
+        if "torch" in backends
+        else {"error": "the torch backend is not installed"}
+    )
     return results
 
 
@@ -194,8 +233,15 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         why = WHY.get(f"compile-{backend}", WHY["compile"]) if ratio > 12 else ""
         out.append(("ml.compile t(1000)/t(100) ≤ 12", backend, f"{ratio:.1f}", _verdict(ratio, 12), why))
         ratio = mlp[1000]["build_s"] / mlp[100]["build_s"]
-        out.append(("construction t(1000)/t(100) ≤ 12", backend, f"{ratio:.1f}", _verdict(ratio, 12),
-                    WHY["construct"] if ratio > 12 else ""))
+        out.append(
+            (
+                "construction t(1000)/t(100) ≤ 12",
+                backend,
+                f"{ratio:.1f}",
+                _verdict(ratio, 12),
+                WHY["construct"] if ratio > 12 else "",
+            )
+        )
         total = mlp[1000]["build_s"] + mlp[1000]["compile_s"]
         out.append(("1000-layer MLP: construction + ml.compile < 2 s", backend, _ms(total), _verdict(total, 2.0), ""))
         if backend == "numpy":
@@ -209,9 +255,11 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 why = ""
                 if ratio > target:
                     key = _case(case)
-                    why = {("keras", "numpy", "CNN forward"): WHY["keras-numpy-cnn"],
-                           ("hand", "jax", "CNN forward"): WHY["jax-cnn-forward"],
-                           ("keras", "jax", "CNN forward"): WHY["jax-cnn-forward"]}.get((source, backend, key), "")
+                    why = {
+                        ("keras", "numpy", "CNN forward"): WHY["keras-numpy-cnn"],
+                        ("hand", "jax", "CNN forward"): WHY["jax-cnn-forward"],
+                        ("keras", "jax", "CNN forward"): WHY["jax-cnn-forward"],
+                    }.get((source, backend, key), "")
                     if backend == "jax" and key.startswith("MLP"):
                         why = WHY["jax-mlp"]
                     if backend == "torch" and key == "MLP forward+backward":
@@ -220,8 +268,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                         why = WHY["ggml"]
                 reference = "Mithril NumPy" if backend == "ggml" else label
                 claim = f"{case}: ratio" if " vs " in case else f"{case}: Mithril / {reference}"
-                out.append((f"{claim} ≤ {target:.2f}", backend, f"{ratio:.3f}",
-                            _verdict(ratio, target), why))
+                out.append((f"{claim} ≤ {target:.2f}", backend, f"{ratio:.3f}", _verdict(ratio, target), why))
     return out
 
 
@@ -237,9 +284,14 @@ def _per_call_table(rows: list[Row], reference: str) -> list[str]:
 
 def _accuracy_table(rows: list[list[Any]]) -> list[str]:
     """Markdown lines for GGML's quantization error table (bench_ggml.accuracy_rows)."""
-    lines = ["Quantized weights against float32, relative output error on held-out inputs over 5 seeds of "
-             "the quick start models; \"calibrated\" first runs `mithril_ggml.calibrate` on 512 other samples "
-             "(GPTQ).", "", "| case | mean | max | target |", "|---|---:|---:|---:|"]
+    lines = [
+        "Quantized weights against float32, relative output error on held-out inputs over 5 seeds of "
+        'the quick start models; "calibrated" first runs `mithril_ggml.calibrate` on 512 other samples '
+        "(GPTQ).",
+        "",
+        "| case | mean | max | target |",
+        "|---|---:|---:|---:|",
+    ]
     for case, mean, worst, target in rows:
         mark = "" if target is None else (" ✓" if worst < target else " ✗")
         lines.append(f"| {case} | {mean:.4f} | {worst:.4f}{mark} | {'–' if target is None else target} |")
@@ -250,21 +302,34 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
     """The whole of docs/benchmarks.md."""
     m = results["machine"]
     lines = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         "Generated by `benchmarks/report.py` in one run of "
         f"{elapsed / 60:.1f} minutes on {time.strftime('%Y-%m-%d')}; every number below comes from that run.",
         "Per-call ratios are medians of interleaved rounds (`benchmarks/common.py`: `compare`), so drift on a "
         "shared machine hits both sides alike; ratio = Mithril's time / the reference's time, below 1 means "
         "Mithril is faster. Each backend, and each Keras backend, runs in its own process. The machine is shared: "
         "a load average above its core count (below) means other processes competed with this run, and single "
-        "rows can then be off by tens of percent; rerun before reading much into one row.", "",
-        "## How to rerun", "",
-        "```bash", "nox -s bench                      # every bench_*.py, then this report (see noxfile.py)",
+        "rows can then be off by tens of percent; rerun before reading much into one row.",
+        "",
+        "## How to rerun",
+        "",
+        "```bash",
+        "nox -s bench                      # every bench_*.py, then this report (see noxfile.py)",
         "python benchmarks/report.py       # this report only, with whatever backends are installed",
         "python benchmarks/compile_scaling.py --backend torch   # one part, one backend, as a table",
-        "```", "",
-        "## Machine", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in m.items()), "",
-        "## Targets", "", "| target | backend | measured | verdict |", "|---|---|---:|---|",
+        "```",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in m.items()),
+        "",
+        "## Targets",
+        "",
+        "| target | backend | measured | verdict |",
+        "|---|---|---:|---|",
     ]
     notes: list[str] = []
     for target, backend, measured, verdict, why in targets(results):
@@ -277,14 +342,19 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
         lines += ["", "Why the misses happen:", ""] + [f"{i}. {note}" for i, note in enumerate(notes, 1)]
     imp = results["import"]
     lines += [
-        "", "## Import time", "",
+        "",
+        "## Import time",
+        "",
         f"Fresh interpreters, median of {imp['runs']}: `import mithril` {_ms(imp['import_s'])}; "
-        f"the first `ml.NumpyBackend()` (loads the NumPy plugin) {_ms(imp['first_backend_s'])}.", "",
-        "## Per-call cost against hand-written code", "",
+        f"the first `ml.NumpyBackend()` (loads the NumPy plugin) {_ms(imp['first_backend_s'])}.",
+        "",
+        "## Per-call cost against hand-written code",
+        "",
         "The quick start MLP (20-64-10, batch 32) and CNN (batch 32, 3x32x32, training mode) against the same "
         "network written by hand in the backend's framework (rows from `benchmarks/bench_<backend>.py`; torch "
         "single-threaded; the GGML rows compare with Mithril's NumPy backend, or as the case says: first vs "
-        "second).", "",
+        "second).",
+        "",
     ]
     for backend, res in results["hand"].items():
         lines.append(f"### {backend}")
@@ -296,11 +366,15 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
         lines += [*_per_call_table(res["rows"], reference), ""]
         if "accuracy" in res:
             lines += _accuracy_table(res["accuracy"])
-    lines += ["## Per-call cost against Keras 3", "",
-              "The same two networks in Keras 3 on the same framework, `KERAS_BACKEND` set per process: torch "
-              "calls `model(x)` (under `no_grad` for forward) and `torch.autograd.grad`; jax jits "
-              "`model.stateless_call` and `jax.vjp`; numpy calls `model(x)` (Keras's NumPy backend has no "
-              "gradients, so forward only). Keras target: Mithril faster on every row.", ""]
+    lines += [
+        "## Per-call cost against Keras 3",
+        "",
+        "The same two networks in Keras 3 on the same framework, `KERAS_BACKEND` set per process: torch "
+        "calls `model(x)` (under `no_grad` for forward) and `torch.autograd.grad`; jax jits "
+        "`model.stateless_call` and `jax.vjp`; numpy calls `model(x)` (Keras's NumPy backend has no "
+        "gradients, so forward only). Keras target: Mithril faster on every row.",
+        "",
+    ]
     for backend, res in results["keras"].items():
         lines.append(f"### {backend}")
         lines.append("")
@@ -309,8 +383,12 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
             continue
         lines += [f"Keras {res['keras']}.", "", *_per_call_table(res["rows"], "Keras 3"), ""]
     if "per_call.png" in figures:
-        lines += ["![Per-call cost by backend](img/per_call.png)", "",
-                  "Mithril's bars come from the hand-written comparison's process; Keras's from its own.", ""]
+        lines += [
+            "![Per-call cost by backend](img/per_call.png)",
+            "",
+            "Mithril's bars come from the hand-written comparison's process; Keras's from its own.",
+            "",
+        ]
     lines += _compile_section(results, figures)
     lines += _memory_section(results["memory"])
     if not figures:
@@ -320,14 +398,18 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
 
 def _compile_section(results: dict[str, Any], figures: list[str]) -> list[str]:
     """Markdown lines of the compile-time tables."""
-    lines = ["## Compile time", "",
-             "Construction is the logical model's `|=`/`+=` composition with incremental shape solving; "
-             "`ml.compile` flattens, completes shapes and lowers (for JAX with jit: builds the program). The first "
-             "call includes JAX's trace and XLA compilation and GGML's graph build. MLPs are N x (Linear(32) + Relu), "
-             "batch 16; ResNet-18 (`benchmarks/resnet.py`, 11.7 M parameters) at 1x3x224x224. Medians of 7 fresh "
-             "models (3 for N = 1000 and ResNet-18, 15 for the quick start CNN); the first call once.", "",
-             "| backend | model | construction | ml.compile | first call | second call |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "## Compile time",
+        "",
+        "Construction is the logical model's `|=`/`+=` composition with incremental shape solving; "
+        "`ml.compile` flattens, completes shapes and lowers (for JAX with jit: builds the program). The first "
+        "call includes JAX's trace and XLA compilation and GGML's graph build. MLPs are N x (Linear(32) + Relu), "
+        "batch 16; ResNet-18 (`benchmarks/resnet.py`, 11.7 M parameters) at 1x3x224x224. Medians of 7 fresh "
+        "models (3 for N = 1000 and ResNet-18, 15 for the quick start CNN); the first call once.",
+        "",
+        "| backend | model | construction | ml.compile | first call | second call |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for backend, comp in results["compile"].items():
         if "error" in comp:
             lines.append(f"| {backend} | skipped: {comp['error']} | | | | |")
@@ -335,8 +417,10 @@ def _compile_section(results: dict[str, Any], figures: list[str]) -> list[str]:
         entries = [(f"MLP N = {n}", r) for n, r in comp["mlp"].items()]
         entries += [("ResNet-18", comp["resnet18"]), ("quick start CNN", comp["quickstart_cnn"])]
         for name, r in entries:
-            lines.append(f"| {backend} | {name} | {_ms(r['build_s'])} | {_ms(r['compile_s'])} | "
-                         f"{_ms(r['first_call_s'])} | {_ms(r['second_call_s'])} |")
+            lines.append(
+                f"| {backend} | {name} | {_ms(r['build_s'])} | {_ms(r['compile_s'])} | "
+                f"{_ms(r['first_call_s'])} | {_ms(r['second_call_s'])} |"
+            )
     if "compile_scaling.png" in figures:
         lines += ["", "![Compile time against N](img/compile_scaling.png)"]
     return lines + [""]
@@ -347,16 +431,23 @@ def _memory_section(mem: dict[str, Any]) -> list[str]:
     lines = ["## Memory", ""]
     if "error" in mem:
         return lines + [f"Skipped: {mem['error']}."]
-    lines += [f"One training-mode forward+backward step of the quick start CNN at batch {mem['batch']}: peak RSS "
-              "above the RSS before the step, each in a fresh process after one warm-up step, median of "
-              f"{mem['runs']} processes ({mem['method']}; glibc malloc set to return every block over 64 KiB to "
-              "the kernel, the same for every subject; `benchmarks/memory.py`).", "",
-              "| subject | peak above baseline |", "|---|---:|"]
+    lines += [
+        f"One training-mode forward+backward step of the quick start CNN at batch {mem['batch']}: peak RSS "
+        "above the RSS before the step, each in a fresh process after one warm-up step, median of "
+        f"{mem['runs']} processes ({mem['method']}; glibc malloc set to return every block over 64 KiB to "
+        "the kernel, the same for every subject; `benchmarks/memory.py`).",
+        "",
+        "| subject | peak above baseline |",
+        "|---|---:|",
+    ]
     for subject in mem["subjects"].values():
         lines.append(f"| {subject['label']} | {subject['peak_delta_bytes'] / 2**20:.1f} MiB |")
     numpy = mem["subjects"]["numpy"]
-    lines += ["", f"NumPy backend / torch: **{mem['ratio_numpy_to_torch']:.2f}**. The NumPy step's tracemalloc peak, "
-              f"an independent check, is {numpy['tracemalloc_peak_bytes'] / 2**20:.1f} MiB."]
+    lines += [
+        "",
+        f"NumPy backend / torch: **{mem['ratio_numpy_to_torch']:.2f}**. The NumPy step's tracemalloc peak, "
+        f"an independent check, is {numpy['tracemalloc_peak_bytes'] / 2**20:.1f} MiB.",
+    ]
     return lines
 
 
@@ -400,11 +491,18 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
         ns = sorted(int(n) for n in comp["mlp"])
         mlp = {int(k): v for k, v in comp["mlp"].items()}
         line = ax.plot(ns, [mlp[n]["compile_s"] for n in ns], "o-", label=f"ml.compile, {backend}")[0]
-        ax.plot(ns, [mlp[n]["build_s"] for n in ns], "s--", color=line.get_color(), alpha=0.6,
-                label=f"construction ({backend} process)")
+        ax.plot(
+            ns,
+            [mlp[n]["build_s"] for n in ns],
+            "s--",
+            color=line.get_color(),
+            alpha=0.6,
+            label=f"construction ({backend} process)",
+        )
         if backend == "jax":
-            ax.plot(ns, [mlp[n]["first_call_s"] for n in ns], "^:", color=line.get_color(),
-                    label="first call, jax (XLA)")
+            ax.plot(
+                ns, [mlp[n]["first_call_s"] for n in ns], "^:", color=line.get_color(), label="first call, jax (XLA)"
+            )
     ax.plot([10, 1000], [1e-3, 0.1], color="grey", linewidth=0.8, label="linear (slope 1)")
     ax.axhline(2.0, color="red", linewidth=0.8, label="2 s target")
     ax.set_xscale("log")

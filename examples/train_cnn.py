@@ -48,8 +48,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     batch = 32
     train = ml.compile(training_model(), backend, shapes={"input": [batch, 3, 16, 16]}, outputs=["loss", "logits"])
-    infer = ml.compile(training_model(), backend, shapes={"input": [256, 3, 16, 16]}, outputs=["logits"],
-                       inference=True)
+    infer = ml.compile(
+        training_model(), backend, shapes={"input": [256, 3, 16, 16]}, outputs=["logits"], inference=True
+    )
     params = train.randomize_params()
     test_x, test_y = make_data(256, np.random.default_rng(1))
 

@@ -87,9 +87,7 @@ def _broken_plugin(root: Path) -> None:
     (root / "broken_plugin.py").write_text('raise ImportError("broken_plugin needs libfoo, which is missing")\n')
 
 
-def test_plugin_that_fails_to_import_is_reported_and_others_still_work(
-    run_python: RunPython, tmp_path: Path
-) -> None:
+def test_plugin_that_fails_to_import_is_reported_and_others_still_work(run_python: RunPython, tmp_path: Path) -> None:
     _broken_plugin(tmp_path)
     working = sorted({ep.name for ep in _installed_entry_points()})
     code = textwrap.dedent(

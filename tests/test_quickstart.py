@@ -20,7 +20,7 @@ import mithril as ml
 RunPython = Callable[..., subprocess.CompletedProcess[str]]
 
 QUICKSTART = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "quickstart.md"
-MULTI_BACKEND_MARK = "ml.JaxBackend(device=\"tpu\""
+MULTI_BACKEND_MARK = 'ml.JaxBackend(device="tpu"'
 TPU, CPU = 'device="tpu"', 'device="cpu"'
 DEPLOY_MARK = "# Production phase"
 
@@ -42,7 +42,7 @@ def _require(*backends: str) -> None:
     for name in backends:
         info = available.get(name)
         if info is None:
-            pytest.skip(f"the quick start needs the {name} backend: pip install \"mithril[{name}]\" (mithril-{name})")
+            pytest.skip(f'the quick start needs the {name} backend: pip install "mithril[{name}]" (mithril-{name})')
         if info.error is not None:
             pytest.skip(f"the {name} plugin failed to load: {info.error}")
 

@@ -101,6 +101,12 @@ def test_page_runs(path: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV} | page.env
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, str(path)],
-        input=page.source, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False,
+        input=page.source,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

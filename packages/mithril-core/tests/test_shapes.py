@@ -105,8 +105,12 @@ LAYERS = st.sampled_from(["linear", "relu", "tanh", "sum_last"])
 def test_random_chains_infer_the_shape_numpy_computes(layers: list[tuple[str, int]], batch: int, width: int) -> None:
     model = Model()
     for i, (kind, size) in enumerate(layers):
-        layer = {"linear": lambda n=size: Linear(n), "relu": Relu, "tanh": Tanh,
-                 "sum_last": lambda: Sum(axis=-1, keepdim=True)}[kind]()
+        layer = {
+            "linear": lambda n=size: Linear(n),
+            "relu": Relu,
+            "tanh": Tanh,
+            "sum_last": lambda: Sum(axis=-1, keepdim=True),
+        }[kind]()
         if i == 0:
             model |= layer
         else:

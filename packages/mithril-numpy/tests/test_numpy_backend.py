@@ -16,7 +16,6 @@ def test_gradients_match_finite_differences(case: Case) -> None:
     finite_difference(case, ml.NumpyBackend(dtype=ml.float64))
 
 
-
 def test_quickstart_numpy_section_runs_as_written() -> None:
     numpy_backend = ml.NumpyBackend(dtype=ml.float32)
     numpy_model = ml.compile(model=quickstart_mlp(), backend=numpy_backend, shapes={"input": [32, 20]})
@@ -113,11 +112,27 @@ class TestEvaluateErrors:
     @pytest.mark.parametrize(
         "mutate, error, pattern",
         [
-            (lambda p, x: (p, {"inputs": x["input"]}), ml.KeyNotFoundError, "missing key 'input'.*did you mean 'inputs'"),  # noqa: E501
-            (lambda p, x: (p, {"input": x["input"][:, :5]}), ml.ShapeError, r"inputs\['input'\].*\[32, 20\], got \[32, 5\]"),  # noqa: E501
+            (
+                lambda p, x: (p, {"inputs": x["input"]}),
+                ml.KeyNotFoundError,
+                "missing key 'input'.*did you mean 'inputs'",
+            ),  # noqa: E501
+            (
+                lambda p, x: (p, {"input": x["input"][:, :5]}),
+                ml.ShapeError,
+                r"inputs\['input'\].*\[32, 20\], got \[32, 5\]",
+            ),  # noqa: E501
             (lambda p, x: ({**p, "extra": p["linear_0.bias"]}, x), ml.KeyNotFoundError, "unknown key 'extra'"),  # noqa: E501
-            (lambda p, x: ({k: v for k, v in p.items() if "bias" not in k}, x), ml.KeyNotFoundError, "missing key 'linear_0.bias'"),  # noqa: E501
-            (lambda p, x: ({**p, "linear_1.bias": p["linear_1.bias"][:1]}, x), ml.ShapeError, r"linear_1.bias.*\[10\], got \[1\]"),  # noqa: E501
+            (
+                lambda p, x: ({k: v for k, v in p.items() if "bias" not in k}, x),
+                ml.KeyNotFoundError,
+                "missing key 'linear_0.bias'",
+            ),  # noqa: E501
+            (
+                lambda p, x: ({**p, "linear_1.bias": p["linear_1.bias"][:1]}, x),
+                ml.ShapeError,
+                r"linear_1.bias.*\[10\], got \[1\]",
+            ),  # noqa: E501
             (lambda p, x: (p, {"input": x["input"].astype(np.float64)}), ml.DTypeMismatchError, "float32.*got float64"),  # noqa: E501
             (lambda p, x: (p, {"input": x["input"].tolist()}), TypeError, "expected an array"),  # noqa: E501
             (lambda p, x: ({**p, "input": x["input"]}, {}), ml.KeyNotFoundError, "'input' belongs in inputs"),  # noqa: E501

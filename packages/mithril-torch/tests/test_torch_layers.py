@@ -81,8 +81,9 @@ def test_dropout_is_identity_for_inference() -> None:
     params = compiled.randomize_params(seed=0)
     x = backend.randn(2, 4)
     assert "_k.dropout" not in compiled.code
-    torch.testing.assert_close(compiled.evaluate(params, {"input": x})["output"], x @ params["linear_0.weight"].T
-                               + params["linear_0.bias"])
+    torch.testing.assert_close(
+        compiled.evaluate(params, {"input": x})["output"], x @ params["linear_0.weight"].T + params["linear_0.bias"]
+    )
     with pytest.raises(ml.KeyNotFoundError, match="'mask' is not produced"):
         ml.compile(dropout_model(0.5), backend, shapes={"input": [2, 4]}, inference=True, outputs=["output", "mask"])
 
@@ -97,8 +98,13 @@ def test_running_statistics_update_as_detached_state_and_apply_leaves_inputs_alo
     outputs, grads, new_state = compiled.apply(params, {"input": x}, state, {"output": g})
     assert all(torch.equal(state[k], before[k]) for k in state), "apply must not update the given state in place"
     assert set(new_state) == set(state) and not any(v.requires_grad for v in new_state.values())
-    torch.testing.assert_close(new_state["batchnorm2d_0.running_mean"], 0.1 * backend.mean(
-        torch.nn.functional.conv2d(x, params["conv2d_0.weight"], params["conv2d_0.bias"]), axis=(0, 2, 3)))
+    torch.testing.assert_close(
+        new_state["batchnorm2d_0.running_mean"],
+        0.1
+        * backend.mean(
+            torch.nn.functional.conv2d(x, params["conv2d_0.weight"], params["conv2d_0.bias"]), axis=(0, 2, 3)
+        ),
+    )
     assert set(grads) == set(params) and not outputs["output"].requires_grad
     _, grads_too = compiled.evaluate(params, {"input": x}, {"output": g})
     assert compiled.state is not None and not compiled.state["batchnorm2d_0.running_var"].requires_grad

@@ -84,7 +84,7 @@ def test_quickstart_pytorch_gradients_and_training_loop(capsys: pytest.CaptureFi
             for param_name, grad in gradients.items():
                 params[param_name] = params[param_name] - learning_rate * grad
         avg_loss = total_loss / num_batches
-        print(f"Epoch {epoch+1}/{epochs}, Loss: {avg_loss}")
+        print(f"Epoch {epoch + 1}/{epochs}, Loss: {avg_loss}")
         history.append(float(avg_loss))
 
     assert all(later < earlier for earlier, later in zip(history, history[1:])), history
@@ -98,15 +98,11 @@ def test_quickstart_cnn_as_written(capsys: pytest.CaptureFixture[str]) -> None:
 
     # -- Building a More Complex Model (as written) --
     cnn = Model()
-    cnn |= Conv2d(in_channels=3, out_channels=16, kernel_size=3, padding=1)(
-        input="input", output="conv1"
-    )
+    cnn |= Conv2d(in_channels=3, out_channels=16, kernel_size=3, padding=1)(input="input", output="conv1")
     cnn += BatchNorm2d(num_features=16)(input="conv1", output="bn1")
     cnn += Relu()(input="bn1", output="relu1")
     cnn += MaxPool2d(kernel_size=2)(input="relu1", output="pool1")
-    cnn += Conv2d(in_channels=16, out_channels=32, kernel_size=3, padding=1)(
-        input="pool1", output="conv2"
-    )
+    cnn += Conv2d(in_channels=16, out_channels=32, kernel_size=3, padding=1)(input="pool1", output="conv2")
     cnn += BatchNorm2d(num_features=32)(input="conv2", output="bn2")
     cnn += Relu()(input="bn2", output="relu2")
     cnn += MaxPool2d(kernel_size=2)(input="relu2", output="pool2")

@@ -86,9 +86,7 @@ class Backend(ABC):
         """Raise a TypeError naming unknown constructor options and listing the valid ones."""
         if unknown:
             valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "options")]
-            raise TypeError(
-                f"{cls.__name__}: unknown option(s) {sorted(unknown)}; valid options are {valid}"
-            )
+            raise TypeError(f"{cls.__name__}: unknown option(s) {sorted(unknown)}; valid options are {valid}")
 
     def supports(self, primitive: str) -> bool:
         """Whether `primitive` can be compiled on this backend (the conformance kit asks)."""

@@ -335,10 +335,14 @@ def vjp_functions(
     forward = forward_function(gen, diagnose)
     grad_names = [gen.fresh(f"g_{gen.names[e]}") for e in grad_edges]
     back, grads = gen.backward_lines(grad_edges, grad_names, zeros_like)
-    head = [] if partial is None else [
-        f"if len(output_gradients) != {len(grad_edges)}:",
-        f"    return {partial}(params, inputs, output_gradients)",
-    ]
+    head = (
+        []
+        if partial is None
+        else [
+            f"if len(output_gradients) != {len(grad_edges)}:",
+            f"    return {partial}(params, inputs, output_gradients)",
+        ]
+    )
     internal = {gen.names[e] for e in gen.graph.edges if e.role == "internal"}
     temporaries = {name for line in back for name in _IDENT.findall(line.split("=", 1)[0])}
     keep = set(_IDENT.findall(grads)) | {gen.names[e] for e in gen.graph.outputs}

@@ -50,7 +50,9 @@ def compile(  # noqa: A001 - the public name the quick start uses
     _mark_trainable(graph, trainable_keys)
     _apply_shapes(graph, shapes or {})
     options = CompileOptions(
-        jit=bool(jit), inference=inference, file_path=file_path,
+        jit=bool(jit),
+        inference=inference,
+        file_path=file_path,
         extra={**backend_options, **({"static_inference": True} if static_inference else {})},
     )
     program = backend.lower(graph, options)
@@ -79,8 +81,10 @@ def _apply_shapes(graph: Graph, shapes: Mapping[str, Sequence[int | None]]) -> N
                 raise KeyNotFoundError(
                     f"ml.compile({owner}): unknown key {key!r} in shapes; keys are {sorted(by_name)}"
                 )
-            if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or not all(
-                s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 0) for s in sizes
+            if (
+                isinstance(sizes, (str, bytes))
+                or not isinstance(sizes, Sequence)
+                or not all(s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 0) for s in sizes)
             ):
                 raise TypeError(f"ml.compile({owner}): shapes[{key!r}] must be a list of ints or None, got {sizes!r}")
             edge = by_name[key]

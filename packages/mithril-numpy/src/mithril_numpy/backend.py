@@ -17,6 +17,7 @@ from .ops import OPS
 
 __all__ = ["NumpyBackend"]
 
+
 class NumpyBackend(HostArrays, Backend):
     """Runs compiled models as generated NumPy code on the CPU."""
 

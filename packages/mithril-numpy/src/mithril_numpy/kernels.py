@@ -53,23 +53,35 @@ def _geometry(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair, dilation
     )
 
 
-def _scatter(grad_windows: np.ndarray, padded_shape: tuple[int, ...], out: Pair, kernel: Pair, stride: Pair,
-             dilation: Pair, padding: Pair, shape: tuple[int, ...]) -> np.ndarray:
+def _scatter(
+    grad_windows: np.ndarray,
+    padded_shape: tuple[int, ...],
+    out: Pair,
+    kernel: Pair,
+    stride: Pair,
+    dilation: Pair,
+    padding: Pair,
+    shape: tuple[int, ...],
+) -> np.ndarray:
     """Sum window gradients [..., Ho, Wo, kh, kw] back onto the input of shape `shape`."""
     dxp = np.zeros(padded_shape, grad_windows.dtype)
     for i in range(kernel[0]):
         hi = i * dilation[0]
         for j in range(kernel[1]):
             wj = j * dilation[1]
-            dxp[..., hi : hi + stride[0] * (out[0] - 1) + 1 : stride[0],
-                wj : wj + stride[1] * (out[1] - 1) + 1 : stride[1]] += grad_windows[..., i, j]
+            dxp[
+                ...,
+                hi : hi + stride[0] * (out[0] - 1) + 1 : stride[0],
+                wj : wj + stride[1] * (out[1] - 1) + 1 : stride[1],
+            ] += grad_windows[..., i, j]
     ph, pw = padding
     return dxp[..., ph : ph + shape[-2], pw : pw + shape[-1]]
 
 
 # -- convolution ------------------------------------------------------------------------
-def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pair, dilation: Pair,
-           groups: int) -> np.ndarray:
+def conv2d(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pair, dilation: Pair, groups: int
+) -> np.ndarray:
     """torch.nn.functional.conv2d for [N, C, H, W] input."""
     kernel = (w.shape[2], w.shape[3])
     out = _geometry(x, kernel, stride, padding, dilation, False)
@@ -86,8 +98,9 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, pad
     return y.transpose(0, 3, 1, 2)
 
 
-def conv2d_grad_input(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
-                      groups: int) -> np.ndarray:
+def conv2d_grad_input(
+    g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair, groups: int
+) -> np.ndarray:
     kernel = (w.shape[2], w.shape[3])
     out = (g.shape[2], g.shape[3])
     if groups == 1:
@@ -102,8 +115,9 @@ def conv2d_grad_input(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair,
     return _scatter(gw, padded, out, kernel, stride, dilation, padding, x.shape)
 
 
-def conv2d_grad_weight(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
-                       groups: int) -> np.ndarray:
+def conv2d_grad_weight(
+    g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair, groups: int
+) -> np.ndarray:
     kernel = (w.shape[2], w.shape[3])
     out = (g.shape[2], g.shape[3])
     win = _windows(_pad(x, padding), out, kernel, stride, dilation)
@@ -125,8 +139,9 @@ def _tiles(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilati
     return x.reshape(*x.shape[:-2], h // kh, kh, w // kw, kw)
 
 
-def max_pool2d(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
-               ceil_mode: bool) -> np.ndarray:
+def max_pool2d(
+    x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool
+) -> np.ndarray:
     tiles = _tiles(x, kernel_size, stride, padding, dilation)
     if tiles is not None:
         return tiles.max(axis=(-3, -1))
@@ -135,8 +150,9 @@ def max_pool2d(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, di
     return _windows(xp, out, kernel_size, stride, dilation).max(axis=(-2, -1))
 
 
-def max_pool2d_grad(g: np.ndarray, x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
-                    ceil_mode: bool) -> np.ndarray:
+def max_pool2d_grad(
+    g: np.ndarray, x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool
+) -> np.ndarray:
     tiles = _tiles(x, kernel_size, stride, padding, dilation)
     if tiles is not None:
         # first maximum of each tile, as torch routes it
@@ -154,8 +170,16 @@ def max_pool2d_grad(g: np.ndarray, x: np.ndarray, kernel_size: Pair, stride: Pai
     return _scatter(onehot * g[..., None, None], xp.shape, out, kernel_size, stride, dilation, padding, x.shape)
 
 
-def _avg_divisor(x: np.ndarray, out: Pair, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
-                 count_include_pad: bool, divisor_override: int | None) -> Any:
+def _avg_divisor(
+    x: np.ndarray,
+    out: Pair,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> Any:
     if divisor_override is not None:
         return float(divisor_override)
     ones = np.ones(x.shape[-2:], x.dtype)
@@ -168,8 +192,16 @@ def _avg_divisor(x: np.ndarray, out: Pair, kernel_size: Pair, stride: Pair, padd
     return _windows(counted, out, kernel_size, stride, (1, 1)).sum(axis=(-2, -1))
 
 
-def avg_pool2d(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool,
-               count_include_pad: bool, divisor_override: int | None) -> np.ndarray:
+def avg_pool2d(
+    x: np.ndarray,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> np.ndarray:
     out = _geometry(x, kernel_size, stride, padding, (1, 1), ceil_mode)
     xp = _extra_pad(_pad(x, padding), out, kernel_size, stride, (1, 1), 0.0)
     total = _windows(xp, out, kernel_size, stride, (1, 1)).sum(axis=(-2, -1))
@@ -177,8 +209,17 @@ def avg_pool2d(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, di
     return (total / div).astype(x.dtype, copy=False)
 
 
-def avg_pool2d_grad(g: np.ndarray, x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
-                    ceil_mode: bool, count_include_pad: bool, divisor_override: int | None) -> np.ndarray:
+def avg_pool2d_grad(
+    g: np.ndarray,
+    x: np.ndarray,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> np.ndarray:
     out = (g.shape[-2], g.shape[-1])
     div = _avg_divisor(x, out, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     share = (g / div).astype(g.dtype, copy=False)
@@ -195,8 +236,15 @@ def _bn_stats(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.nda
     return mean, var, inv
 
 
-def batch_norm(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, running_mean: np.ndarray | None,
-               running_var: np.ndarray | None, eps: float, momentum: float) -> Any:
+def batch_norm(
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    running_mean: np.ndarray | None,
+    running_var: np.ndarray | None,
+    eps: float,
+    momentum: float,
+) -> Any:
     """Training-mode batch norm over (N, H, W); returns (output[, new_mean, new_var])."""
     mean, var, inv = _bn_stats(x, eps)
     y = (x - mean[:, None, None]) * inv[:, None, None]
@@ -228,8 +276,14 @@ def batch_norm_grad(g: np.ndarray, x: np.ndarray, weight: np.ndarray | None, eps
     return ((dxhat * n - s1 - xhat * s2) * (inv[:, None, None] / n)).astype(x.dtype, copy=False)
 
 
-def batch_norm_inference(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None,
-                         running_mean: np.ndarray, running_var: np.ndarray, eps: float) -> np.ndarray:
+def batch_norm_inference(
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    eps: float,
+) -> np.ndarray:
     inv = 1.0 / np.sqrt(running_var + eps)
     scale = inv if weight is None else weight * inv
     shift = -running_mean * scale + (0 if bias is None else bias)
@@ -240,8 +294,9 @@ def _ln_axes(x: np.ndarray, normalized_shape: tuple[int, ...]) -> tuple[int, ...
     return tuple(range(x.ndim - len(normalized_shape), x.ndim))
 
 
-def layer_norm(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, normalized_shape: tuple[int, ...],
-               eps: float) -> np.ndarray:
+def layer_norm(
+    x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, normalized_shape: tuple[int, ...], eps: float
+) -> np.ndarray:
     axes = _ln_axes(x, normalized_shape)
     mean = x.mean(axis=axes, keepdims=True)
     inv = 1.0 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
@@ -253,8 +308,9 @@ def layer_norm(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None
     return y.astype(x.dtype, copy=False)
 
 
-def layer_norm_grad(g: np.ndarray, x: np.ndarray, weight: np.ndarray | None, normalized_shape: tuple[int, ...],
-                    eps: float, wrt: str) -> np.ndarray:
+def layer_norm_grad(
+    g: np.ndarray, x: np.ndarray, weight: np.ndarray | None, normalized_shape: tuple[int, ...], eps: float, wrt: str
+) -> np.ndarray:
     axes = _ln_axes(x, normalized_shape)
     lead = tuple(range(x.ndim - len(normalized_shape)))
     mean = x.mean(axis=axes, keepdims=True)
@@ -343,8 +399,14 @@ def _gather(logp: np.ndarray, safe: np.ndarray) -> np.ndarray:
     return np.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
 
 
-def cross_entropy(x: np.ndarray, t: np.ndarray, weight: tuple[float, ...] | None, ignore_index: int,
-                  reduction: str, label_smoothing: float) -> np.ndarray:
+def cross_entropy(
+    x: np.ndarray,
+    t: np.ndarray,
+    weight: tuple[float, ...] | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> np.ndarray:
     c, w, valid, safe, logp, wt = _ce_parts(x, t, weight, ignore_index)
     nll = -_gather(logp, safe) * wt
     if label_smoothing:
@@ -360,8 +422,15 @@ def cross_entropy(x: np.ndarray, t: np.ndarray, weight: tuple[float, ...] | None
     return np.asarray(loss.sum() / wt.sum(), x.dtype)
 
 
-def cross_entropy_grad(g: np.ndarray, x: np.ndarray, t: np.ndarray, weight: tuple[float, ...] | None,
-                       ignore_index: int, reduction: str, label_smoothing: float) -> np.ndarray:
+def cross_entropy_grad(
+    g: np.ndarray,
+    x: np.ndarray,
+    t: np.ndarray,
+    weight: tuple[float, ...] | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> np.ndarray:
     c, w, valid, safe, logp, wt = _ce_parts(x, t, weight, ignore_index)
     scale = g if reduction == "none" else np.broadcast_to(g / wt.sum() if reduction == "mean" else g, t.shape)
     shape = (1, c) + (1,) * (x.ndim - 2)

@@ -64,9 +64,7 @@ OPS: dict[str, OpImpl] = {
     "identity": "{input}",
     "conv2d": keyword_call("_k.conv2d", ("input", "weight", "bias"), ("stride", "padding", "dilation", "groups")),
     "max_pool2d": keyword_call("_k.max_pool2d", ("input",), POOL_ATTRS),
-    "avg_pool2d": keyword_call(
-        "_k.avg_pool2d", ("input",), (*POOL_ATTRS, "count_include_pad", "divisor_override")
-    ),
+    "avg_pool2d": keyword_call("_k.avg_pool2d", ("input",), (*POOL_ATTRS, "count_include_pad", "divisor_override")),
     "batch_norm": keyword_call(
         "_k.batch_norm", ("input", "weight", "bias", "running_mean", "running_var"), ("eps", "momentum")
     ),

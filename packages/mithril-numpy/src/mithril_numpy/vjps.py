@@ -122,9 +122,7 @@ def _transpose(node: Node, a: Mapping[str, str]) -> str:
 
 
 def _reduce(scale: bool) -> OpImpl:
-    return lambda n, a: (
-        f"_reduce_grad({a['g']}, {a['input']}, {n.attrs['axis']!r}, {n.attrs['keepdim']!r}, {scale})"
-    )
+    return lambda n, a: f"_reduce_grad({a['g']}, {a['input']}, {n.attrs['axis']!r}, {n.attrs['keepdim']!r}, {scale})"
 
 
 VJPS: dict[str, dict[str, OpImpl]] = {
@@ -174,13 +172,16 @@ VJPS: dict[str, dict[str, OpImpl]] = {
         )
     },
     "batch_norm": {
-        key: lambda n, a, key=key: f"_k.batch_norm_grad({a['g']}, {a['input']}, {a.get('weight', 'None')}, "
-        f"{n.attrs['eps']!r}, {key!r})"
+        key: lambda n, a, key=key: (
+            f"_k.batch_norm_grad({a['g']}, {a['input']}, {a.get('weight', 'None')}, {n.attrs['eps']!r}, {key!r})"
+        )
         for key in ("input", "weight", "bias")
     },
     "layer_norm": {
-        key: lambda n, a, key=key: f"_k.layer_norm_grad({a['g']}, {a['input']}, {a.get('weight', 'None')}, "
-        f"{n.attrs['normalized_shape']!r}, {n.attrs['eps']!r}, {key!r})"
+        key: lambda n, a, key=key: (
+            f"_k.layer_norm_grad({a['g']}, {a['input']}, {a.get('weight', 'None')}, "
+            f"{n.attrs['normalized_shape']!r}, {n.attrs['eps']!r}, {key!r})"
+        )
         for key in ("input", "weight", "bias")
     },
     "embedding": {"weight": "_k.embedding_grad({g}, {input}, {weight})"},
@@ -211,5 +212,3 @@ NAMESPACE: dict[str, Any] = {
     "_tie_grad": tie_grad,
     "_k": kernels,
 }
-
-

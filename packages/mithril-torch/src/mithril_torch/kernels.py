@@ -19,8 +19,15 @@ Pair = tuple[int, int]
 _WEIGHTS: dict[tuple[tuple[float, ...], torch.dtype, torch.device], torch.Tensor] = {}
 
 
-def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, running_mean: torch.Tensor,
-               running_var: torch.Tensor, eps: float, momentum: float) -> tuple[torch.Tensor, ...]:
+def batch_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+    momentum: float,
+) -> tuple[torch.Tensor, ...]:
     """Training-mode batch norm: (output, new running mean, new running variance); the given stats are untouched."""
     mean, var = running_mean.clone(), running_var.clone()
     return F.batch_norm(x, mean, var, weight, bias, True, momentum, eps), mean, var

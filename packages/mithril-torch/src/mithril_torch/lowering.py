@@ -54,9 +54,13 @@ class TorchProgram(Program):
         sources = []
         if options.jit:
             sources.append(self._core_source(compile_options))
-        sources.append(function("forward", "params, inputs", [
-            *self.gen.load_lines(self.diagnose), *self._run(False), f"return {self.gen.outputs_expr()}"
-        ]))
+        sources.append(
+            function(
+                "forward",
+                "params, inputs",
+                [*self.gen.load_lines(self.diagnose), *self._run(False), f"return {self.gen.outputs_expr()}"],
+            )
+        )
         if not options.inference:
             differentiable = [e for e in graph.outputs if _differentiable(e)]
             sources.append(self._forward_backward_source(differentiable, partial=True))
@@ -101,7 +105,12 @@ class TorchProgram(Program):
         was = self.gen.fresh("grad_was")
         body = [f"    {line}" for line in self._ops_lines()]
         return [
-            f"{was} = _grad_enabled()", f"_set_grad({grad_mode})", "try:", *body, "finally:", f"    _set_grad({was})"
+            f"{was} = _grad_enabled()",
+            f"_set_grad({grad_mode})",
+            "try:",
+            *body,
+            "finally:",
+            f"    _set_grad({was})",
         ]
 
     def _forward_backward_source(self, grad_edges: Sequence[Edge], partial: bool) -> str:
@@ -112,10 +121,14 @@ class TorchProgram(Program):
         live = _descendants(self.graph, wrt)
         roots = [e for e in grad_edges if e in live]
         grad_names = [g.fresh(f"g_{g.names[e]}") for e in grad_edges]
-        head = [
-            f"if len(output_gradients) != {len(grad_edges)}:",
-            "    return _partial(params, inputs, output_gradients)",
-        ] if partial else []
+        head = (
+            [
+                f"if len(output_gradients) != {len(grad_edges)}:",
+                "    return _partial(params, inputs, output_gradients)",
+            ]
+            if partial
+            else []
+        )
         body = [*head, *g.load_lines(self.diagnose)]
         body += [f"{g.names[e]} = {g.names[e]}.detach().requires_grad_()" for e in wrt]
         body += self._run(bool(roots))

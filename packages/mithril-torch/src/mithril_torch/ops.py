@@ -89,8 +89,7 @@ def batch_norm(node: Node, a: Mapping[str, str]) -> str:
     if "running_mean" not in a:
         return f"F.batch_norm({a['input']}, None, None, {weight}, {bias}, True, {momentum!r}, {eps!r})"
     return (
-        f"_k.batch_norm({a['input']}, {weight}, {bias}, {a['running_mean']}, {a['running_var']}, {eps!r}, "
-        f"{momentum!r})"
+        f"_k.batch_norm({a['input']}, {weight}, {bias}, {a['running_mean']}, {a['running_var']}, {eps!r}, {momentum!r})"
     )
 
 

@@ -77,13 +77,10 @@ class BaseModel:
         keys = self.external_keys()
         for key, value in mapping.items():
             if key not in keys:
-                raise KeyNotFoundError(
-                    f"{self.describe()} has no key {key!r}; its keys are {sorted(keys)}"
-                )
+                raise KeyNotFoundError(f"{self.describe()} has no key {key!r}; its keys are {sorted(keys)}")
             if not isinstance(value, str) or not value:
                 raise TypeError(
-                    f"{self.describe()} key {key!r}: connect it by giving a non-empty name (str), "
-                    f"got {value!r}"
+                    f"{self.describe()} key {key!r}: connect it by giving a non-empty name (str), got {value!r}"
                 )
         return Call(self, dict(mapping))
 

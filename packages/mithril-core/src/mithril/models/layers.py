@@ -255,8 +255,12 @@ class Transpose(Operator):
         checked = _axis("Transpose", axes)
         attrs = {"axes": None if checked is None else (checked,) if isinstance(checked, int) else checked}
         super().__init__(
-            "transpose", {"input": DATA}, {"input": ["...i"], "output": ["...o"]},
-            attrs=attrs, rule=rules.transpose, name=name,
+            "transpose",
+            {"input": DATA},
+            {"input": ["...i"], "output": ["...o"]},
+            attrs=attrs,
+            rule=rules.transpose,
+            name=name,
         )
 
 
@@ -268,8 +272,12 @@ class Reshape(Operator):
         if not all(isinstance(d, int) and (d >= 0 or d == -1) for d in dims) or dims.count(-1) > 1:
             raise ValueError(f"Reshape: shape must be non-negative ints with at most one -1, got {shape!r}")
         super().__init__(
-            "reshape", {"input": DATA}, {"input": ["...i"], "output": ["...o"]},
-            attrs={"shape": dims}, rule=rules.reshape, name=name,
+            "reshape",
+            {"input": DATA},
+            {"input": ["...i"], "output": ["...o"]},
+            attrs={"shape": dims},
+            rule=rules.reshape,
+            name=name,
         )
 
 
@@ -280,8 +288,12 @@ class Flatten(Operator):
         _axis("Flatten", start_dim)
         _axis("Flatten", end_dim)
         super().__init__(
-            "flatten", {"input": DATA}, {"input": ["...i"], "output": ["...o"]},
-            attrs={"start_dim": start_dim, "end_dim": end_dim}, rule=rules.flatten, name=name,
+            "flatten",
+            {"input": DATA},
+            {"input": ["...i"], "output": ["...o"]},
+            attrs={"start_dim": start_dim, "end_dim": end_dim},
+            rule=rules.flatten,
+            name=name,
         )
 
 
@@ -340,18 +352,36 @@ class Conv2d(Operator):
         if bias:
             inputs["bias"] = KeySpec("param", init=Init("fan_in_uniform", of="weight"))
             template["bias"] = ["O"]
-        attrs = {"stride": stride_, "padding": padding_, "dilation": dilation_, "groups": groups,
-                 "kernel_size": (kh, kw)}
+        attrs = {
+            "stride": stride_,
+            "padding": padding_,
+            "dilation": dilation_,
+            "groups": groups,
+            "kernel_size": (kh, kw),
+        }
         super().__init__(
-            "conv2d", inputs, template, sizes={"C": cin, "O": cout, "Cg": cin // groups},
-            attrs=attrs, rule=rules.sliding_window, name=name,
+            "conv2d",
+            inputs,
+            template,
+            sizes={"C": cin, "O": cout, "Cg": cin // groups},
+            attrs=attrs,
+            rule=rules.sliding_window,
+            name=name,
         )
 
 
 class _Pool2d(Operator):
-    def __init__(self, primitive: str, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
-                 padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool,
-                 extra: Mapping[str, object], name: str | None) -> None:
+    def __init__(
+        self,
+        primitive: str,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] | None,
+        padding: int | Sequence[int],
+        dilation: int | Sequence[int],
+        ceil_mode: bool,
+        extra: Mapping[str, object],
+        name: str | None,
+    ) -> None:
         owner = type(self).__name__
         kernel = _pair(owner, "kernel_size", kernel_size, 1)
         stride_ = kernel if stride is None else _pair(owner, "stride", stride, 1)
@@ -360,29 +390,54 @@ class _Pool2d(Operator):
             raise ValueError(
                 f"{owner}: padding {padding_} must be at most half of kernel_size {kernel} (as in PyTorch)"
             )
-        attrs = {"kernel_size": kernel, "stride": stride_, "padding": padding_,
-                 "dilation": _pair(owner, "dilation", dilation, 1), "ceil_mode": bool(ceil_mode), **extra}
+        attrs = {
+            "kernel_size": kernel,
+            "stride": stride_,
+            "padding": padding_,
+            "dilation": _pair(owner, "dilation", dilation, 1),
+            "ceil_mode": bool(ceil_mode),
+            **extra,
+        }
         super().__init__(
-            primitive, {"input": DATA}, {"input": ["...", "H", "W"], "output": ["...", "Ho", "Wo"]},
-            attrs=attrs, rule=rules.sliding_window, name=name,
+            primitive,
+            {"input": DATA},
+            {"input": ["...", "H", "W"], "output": ["...", "Ho", "Wo"]},
+            attrs=attrs,
+            rule=rules.sliding_window,
+            name=name,
         )
 
 
 class MaxPool2d(_Pool2d):
     """torch.nn.MaxPool2d: padding counts as -inf; the gradient goes to the first maximum."""
 
-    def __init__(self, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
-                 padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, ceil_mode: bool = False,
-                 *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        ceil_mode: bool = False,
+        *,
+        name: str | None = None,
+    ) -> None:
         super().__init__("max_pool2d", kernel_size, stride, padding, dilation, ceil_mode, {}, name)
 
 
 class AvgPool2d(_Pool2d):
     """torch.nn.AvgPool2d, with count_include_pad and divisor_override."""
 
-    def __init__(self, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
-                 padding: int | Sequence[int] = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-                 divisor_override: int | None = None, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
         if divisor_override is not None:
             _check_int("AvgPool2d", "divisor_override", divisor_override, 1)
         extra = {"count_include_pad": bool(count_include_pad), "divisor_override": divisor_override}
@@ -396,8 +451,16 @@ class BatchNorm2d(Operator):
     and update them; inference=True compiles the running-statistics form.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        name: str | None = None,
+    ) -> None:
         c = _check_int("BatchNorm2d", "num_features", num_features, 1)
         inputs: dict[str, KeySpec] = {"input": DATA}
         template: dict[str, list[str | int | None]] = {"input": ["N", "C", "H", "W"], "output": ["N", "C", "H", "W"]}
@@ -417,9 +480,15 @@ class BatchNorm2d(Operator):
                 updates[key + "_out"] = key
             inference = ("batch_norm_inference", tuple(inputs))
         super().__init__(
-            "batch_norm", inputs, template, sizes={"C": c}, outputs=outputs,
+            "batch_norm",
+            inputs,
+            template,
+            sizes={"C": c},
+            outputs=outputs,
             attrs={"eps": float(eps), "momentum": float(momentum)},
-            state_updates=updates, inference=inference, name=name,
+            state_updates=updates,
+            inference=inference,
+            name=name,
         )
 
 
@@ -430,17 +499,28 @@ class Dropout(Operator):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1], got {p!r}")
         super().__init__(
-            "dropout", {"input": DATA}, {"input": ["..."], "output": ["..."], "mask": ["..."]},
-            outputs={"output": "float", "mask": "float"}, attrs={"p": float(p)},
-            inference=("identity", ("input",)), name=name,
+            "dropout",
+            {"input": DATA},
+            {"input": ["..."], "output": ["..."], "mask": ["..."]},
+            outputs={"output": "float", "mask": "float"},
+            attrs={"p": float(p)},
+            inference=("identity", ("input",)),
+            name=name,
         )
 
 
 class LayerNorm(Operator):
     """torch.nn.LayerNorm over the last len(normalized_shape) axes."""
 
-    def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
-                 bias: bool = True, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        name: str | None = None,
+    ) -> None:
         dims = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         dims = tuple(_check_int("LayerNorm", "normalized_shape", d, 1) for d in dims)
         inputs: dict[str, KeySpec] = {"input": DATA}
@@ -461,8 +541,10 @@ class Embedding(Operator):
         n = _check_int("Embedding", "num_embeddings", num_embeddings, 1)
         d = _check_int("Embedding", "embedding_dim", embedding_dim, 1)
         super().__init__(
-            "embedding", {"input": KeySpec(kind="int"), "weight": KeySpec("param", init=Init("normal"))},
-            {"input": ["..."], "weight": [n, d], "output": ["...", d]}, name=name,
+            "embedding",
+            {"input": KeySpec(kind="int"), "weight": KeySpec("param", init=Init("normal"))},
+            {"input": ["..."], "weight": [n, d], "output": ["...", d]},
+            name=name,
         )
 
 
@@ -479,8 +561,9 @@ class LeakyRelu(Operator):
     """torch.nn.LeakyReLU: x if x > 0 else negative_slope * x."""
 
     def __init__(self, negative_slope: float = 0.01, *, name: str | None = None) -> None:
-        super().__init__("leaky_relu", {"input": DATA}, UNARY_TEMPLATE,
-                         attrs={"negative_slope": float(negative_slope)}, name=name)
+        super().__init__(
+            "leaky_relu", {"input": DATA}, UNARY_TEMPLATE, attrs={"negative_slope": float(negative_slope)}, name=name
+        )
 
 
 class _SoftmaxFamily(Operator):
@@ -488,8 +571,14 @@ class _SoftmaxFamily(Operator):
 
     def __init__(self, dim: int = -1, *, name: str | None = None) -> None:
         _axis(type(self).__name__, dim)
-        super().__init__(self.primitive_name, {"input": DATA}, {"input": ["...i"], "output": ["...o"]},
-                         attrs={"axis": dim}, rule=rules.same_shape_axis, name=name)
+        super().__init__(
+            self.primitive_name,
+            {"input": DATA},
+            {"input": ["...i"], "output": ["...o"]},
+            attrs={"axis": dim},
+            rule=rules.same_shape_axis,
+            name=name,
+        )
 
 
 class Softmax(_SoftmaxFamily):
@@ -516,15 +605,27 @@ class MSELoss(Operator):
     def __init__(self, reduction: str = "mean", *, name: str | None = None) -> None:
         red = _reduction("MSELoss", reduction)
         out: list[str | int | None] = ["..."] if red == "none" else []
-        super().__init__("mse_loss", {"input": DATA, "target": DATA},
-                         {"input": ["..."], "target": ["..."], "output": out}, attrs={"reduction": red}, name=name)
+        super().__init__(
+            "mse_loss",
+            {"input": DATA, "target": DATA},
+            {"input": ["..."], "target": ["..."], "output": out},
+            attrs={"reduction": red},
+            name=name,
+        )
 
 
 class CrossEntropyLoss(Operator):
     """torch.nn.CrossEntropyLoss over logits [N, C, ...] and integer class targets [N, ...]."""
 
-    def __init__(self, weight: Sequence[float] | None = None, ignore_index: int = -100, reduction: str = "mean",
-                 label_smoothing: float = 0.0, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        weight: Sequence[float] | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        name: str | None = None,
+    ) -> None:
         red = _reduction("CrossEntropyLoss", reduction)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
@@ -535,9 +636,16 @@ class CrossEntropyLoss(Operator):
             "output": ["N", "...d"] if red == "none" else [],
         }
         super().__init__(
-            "cross_entropy", {"input": DATA, "target": KeySpec(kind="int")}, template,
-            attrs={"weight": weights, "ignore_index": int(ignore_index), "reduction": red,
-                   "label_smoothing": float(label_smoothing)}, name=name,
+            "cross_entropy",
+            {"input": DATA, "target": KeySpec(kind="int")},
+            template,
+            attrs={
+                "weight": weights,
+                "ignore_index": int(ignore_index),
+                "reduction": red,
+                "label_smoothing": float(label_smoothing),
+            },
+            name=name,
         )
 
 

@@ -268,8 +268,14 @@ def sliding_window(shapes: Shapes, attrs: Attrs) -> bool:
                 f"kernel reach {reach} (kernel_size {kernel[axis]}, dilation {attrs['dilation'][axis]}) is larger "
                 f"than the padded input size {padded} on spatial axis {axis}"
             )
-        value = window_out_size(size, kernel[axis], attrs["stride"][axis], attrs["padding"][axis],
-                            attrs["dilation"][axis], attrs.get("ceil_mode", False))
+        value = window_out_size(
+            size,
+            kernel[axis],
+            attrs["stride"][axis],
+            attrs["padding"][axis],
+            attrs["dilation"][axis],
+            attrs.get("ceil_mode", False),
+        )
         unify([out[len(out) - 2 + axis]], [Dim(value)])
     return done
 

@@ -53,39 +53,71 @@ def torch_quickstart_cnn(nn: Any, image: int = 32) -> Any:
     """The same CNN as torch.nn.Sequential."""
     flat = 32 * (image // 4) ** 2
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Linear(128, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(flat, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
     )
 
 
 _CNN_NAMES = {
     f"{m}.{k}": f"{i}.{k}"
     for m, i, keys in [
-        ("conv2d_0", 0, ("weight", "bias")), ("batchnorm2d_0", 1, ("weight", "bias", "running_mean", "running_var")),
-        ("conv2d_1", 4, ("weight", "bias")), ("batchnorm2d_1", 5, ("weight", "bias", "running_mean", "running_var")),
-        ("linear_0", 9, ("weight", "bias")), ("linear_1", 11, ("weight", "bias")),
+        ("conv2d_0", 0, ("weight", "bias")),
+        ("batchnorm2d_0", 1, ("weight", "bias", "running_mean", "running_var")),
+        ("conv2d_1", 4, ("weight", "bias")),
+        ("batchnorm2d_1", 5, ("weight", "bias", "running_mean", "running_var")),
+        ("linear_0", 9, ("weight", "bias")),
+        ("linear_1", 11, ("weight", "bias")),
     ]
     for k in keys
 }
 
 PARITY_CASES: list[ParityCase] = [
     ParityCase("Linear", lambda: Linear(5), lambda nn: nn.Linear(4, 5), {"input": [3, 4]}),
-    ParityCase("Conv2d", lambda: Conv2d(3, 4, 3, stride=2, padding=1), lambda nn: nn.Conv2d(3, 4, 3, 2, 1),
-               {"input": [2, 3, 7, 7]}),
-    ParityCase("Conv2d_groups", lambda: Conv2d(4, 6, (3, 2), dilation=(2, 1), groups=2),
-               lambda nn: nn.Conv2d(4, 6, (3, 2), dilation=(2, 1), groups=2), {"input": [2, 4, 8, 6]}),
-    ParityCase("MaxPool2d", lambda: MaxPool2d(3, stride=2, padding=1), lambda nn: nn.MaxPool2d(3, 2, 1),
-               {"input": [2, 3, 7, 6]}),
-    ParityCase("AvgPool2d", lambda: AvgPool2d(3, stride=2, padding=1), lambda nn: nn.AvgPool2d(3, 2, 1),
-               {"input": [2, 3, 7, 6]}),
-    ParityCase("AvgPool2d_exclusive_ceil", lambda: AvgPool2d(2, padding=1, ceil_mode=True, count_include_pad=False),
-               lambda nn: nn.AvgPool2d(2, padding=1, ceil_mode=True, count_include_pad=False),
-               {"input": [1, 2, 5, 5]}),
+    ParityCase(
+        "Conv2d",
+        lambda: Conv2d(3, 4, 3, stride=2, padding=1),
+        lambda nn: nn.Conv2d(3, 4, 3, 2, 1),
+        {"input": [2, 3, 7, 7]},
+    ),
+    ParityCase(
+        "Conv2d_groups",
+        lambda: Conv2d(4, 6, (3, 2), dilation=(2, 1), groups=2),
+        lambda nn: nn.Conv2d(4, 6, (3, 2), dilation=(2, 1), groups=2),
+        {"input": [2, 4, 8, 6]},
+    ),
+    ParityCase(
+        "MaxPool2d",
+        lambda: MaxPool2d(3, stride=2, padding=1),
+        lambda nn: nn.MaxPool2d(3, 2, 1),
+        {"input": [2, 3, 7, 6]},
+    ),
+    ParityCase(
+        "AvgPool2d",
+        lambda: AvgPool2d(3, stride=2, padding=1),
+        lambda nn: nn.AvgPool2d(3, 2, 1),
+        {"input": [2, 3, 7, 6]},
+    ),
+    ParityCase(
+        "AvgPool2d_exclusive_ceil",
+        lambda: AvgPool2d(2, padding=1, ceil_mode=True, count_include_pad=False),
+        lambda nn: nn.AvgPool2d(2, padding=1, ceil_mode=True, count_include_pad=False),
+        {"input": [1, 2, 5, 5]},
+    ),
     ParityCase("BatchNorm2d", lambda: BatchNorm2d(3), lambda nn: nn.BatchNorm2d(3), {"input": [4, 3, 5, 5]}),
     ParityCase("LayerNorm", lambda: LayerNorm(6), lambda nn: nn.LayerNorm(6), {"input": [2, 3, 6]}),
-    ParityCase("Embedding", lambda: Embedding(10, 4), lambda nn: nn.Embedding(10, 4), {"input": [3, 5]},
-               target_classes=10),
+    ParityCase(
+        "Embedding", lambda: Embedding(10, 4), lambda nn: nn.Embedding(10, 4), {"input": [3, 5]}, target_classes=10
+    ),
     ParityCase("Sigmoid", Sigmoid, lambda nn: nn.Sigmoid(), {"input": [3, 4]}),
     ParityCase("Tanh", Tanh, lambda nn: nn.Tanh(), {"input": [3, 4]}),
     ParityCase("GELU", GELU, lambda nn: nn.GELU(), {"input": [3, 4]}),
@@ -94,21 +126,36 @@ PARITY_CASES: list[ParityCase] = [
     ParityCase("Softmax", lambda: Softmax(dim=1), lambda nn: nn.Softmax(dim=1), {"input": [3, 4]}),
     ParityCase("LogSoftmax", lambda: LogSoftmax(dim=1), lambda nn: nn.LogSoftmax(dim=1), {"input": [3, 4]}),
     ParityCase("MSELoss", MSELoss, lambda nn: nn.MSELoss(), {"input": [3, 4], "target": [3, 4]}, float_target=True),
-    ParityCase("CrossEntropyLoss", CrossEntropyLoss, lambda nn: nn.CrossEntropyLoss(),
-               {"input": [5, 4], "target": [5]}, target_classes=4),
-    ParityCase("CrossEntropyLoss_options",
-               lambda: CrossEntropyLoss(weight=[1.0, 2.0, 0.5], ignore_index=2, label_smoothing=0.2),
-               lambda nn: _weighted_ce(nn), {"input": [6, 3, 2], "target": [6, 2]}, target_classes=3),
-    ParityCase("QuickstartCNN", quickstart_cnn, lambda nn: torch_quickstart_cnn(nn, 16), {"input": [4, 3, 16, 16]},
-               names=_CNN_NAMES),
+    ParityCase(
+        "CrossEntropyLoss",
+        CrossEntropyLoss,
+        lambda nn: nn.CrossEntropyLoss(),
+        {"input": [5, 4], "target": [5]},
+        target_classes=4,
+    ),
+    ParityCase(
+        "CrossEntropyLoss_options",
+        lambda: CrossEntropyLoss(weight=[1.0, 2.0, 0.5], ignore_index=2, label_smoothing=0.2),
+        lambda nn: _weighted_ce(nn),
+        {"input": [6, 3, 2], "target": [6, 2]},
+        target_classes=3,
+    ),
+    ParityCase(
+        "QuickstartCNN",
+        quickstart_cnn,
+        lambda nn: torch_quickstart_cnn(nn, 16),
+        {"input": [4, 3, 16, 16]},
+        names=_CNN_NAMES,
+    ),
 ]
 
 
 def _weighted_ce(nn: Any) -> Any:
     import torch  # noqa: PLC0415
 
-    return nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64), ignore_index=2,
-                               label_smoothing=0.2)
+    return nn.CrossEntropyLoss(
+        weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64), ignore_index=2, label_smoothing=0.2
+    )
 
 
 def _close(got: Any, want: np.ndarray, rtol: float, label: str) -> None:
