@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import dtypes
+from .array_math import ArrayMath
 from .dtypes import DType
 
 __all__ = ["HostArrays", "NUMPY_DTYPES"]
@@ -25,12 +26,13 @@ NUMPY_DTYPES: dict[DType, np.dtype[Any]] = {
 _CORE = {v: k for k, v in NUMPY_DTYPES.items()}
 
 
-class HostArrays:
+class HostArrays(ArrayMath):
     """The user-facing array helpers on NumPy arrays in the backend's dtype, with a seeded generator.
 
     Mixed into a `Backend` subclass (before it): needs `self.dtype`, and `self._rng` set in `__init__`.
     """
 
+    xp = np
     dtype: DType
     _rng: np.random.Generator
 
@@ -75,39 +77,3 @@ class HostArrays:
 
     def zeros(self, *shape: int, dtype: DType | None = None) -> np.ndarray:
         return np.zeros(shape, self._np_dtype(dtype))
-
-    def mean(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
-        return np.mean(x, axis=axis, keepdims=keepdim)
-
-    def sum(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
-        return np.sum(x, axis=axis, keepdims=keepdim)
-
-    def max(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
-        return np.max(x, axis=axis, keepdims=keepdim)
-
-    def argmax(self, x: Any, axis: int | None = None) -> Any:
-        return np.argmax(x, axis=axis)
-
-    def matmul(self, a: Any, b: Any) -> Any:
-        return np.matmul(a, b)
-
-    def exp(self, x: Any) -> Any:
-        return np.exp(x)
-
-    def log(self, x: Any) -> Any:
-        return np.log(x)
-
-    def sqrt(self, x: Any) -> Any:
-        return np.sqrt(x)
-
-    def abs(self, x: Any) -> Any:
-        return np.abs(x)
-
-    def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
-        return np.reshape(x, shape)
-
-    def transpose(self, x: Any, axes: tuple[int, ...] | None = None) -> Any:
-        return np.transpose(x, axes)
-
-    def concat(self, arrays: list[Any], axis: int = 0) -> Any:
-        return np.concatenate(arrays, axis=axis)

@@ -13,6 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import mithril as ml
+from mithril.array_math import ArrayMath
 from mithril.backend import Backend, CompileOptions
 from mithril.dtypes import DType, as_dtype
 from mithril.graph import Graph
@@ -71,7 +72,7 @@ def _parse_device(device: str) -> tuple[str, int | None]:
     return platform, int(index) if index else None
 
 
-class JaxBackend(Backend):
+class JaxBackend(ArrayMath, Backend):
     """Runs compiled models as generated jnp code under jax.jit, on one device or a device mesh.
 
     float64 needs jax's x64 mode, a process-wide switch: it is turned on when a float64
@@ -86,6 +87,7 @@ class JaxBackend(Backend):
     supports_jit = True
     default_jit = True
     ops = OPS
+    xp = jnp
 
     def __init__(
         self,
@@ -201,42 +203,6 @@ class JaxBackend(Backend):
 
     def zeros(self, *shape: int, dtype: DType | None = None) -> jax.Array:
         return jnp.zeros(shape, self._dtype(dtype), device=self._placement)
-
-    def mean(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
-        return jnp.mean(x, axis=axis, keepdims=keepdim)
-
-    def sum(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
-        return jnp.sum(x, axis=axis, keepdims=keepdim)
-
-    def matmul(self, a: Any, b: Any) -> Any:
-        return jnp.matmul(a, b)
-
-    def exp(self, x: Any) -> Any:
-        return jnp.exp(x)
-
-    def log(self, x: Any) -> Any:
-        return jnp.log(x)
-
-    def sqrt(self, x: Any) -> Any:
-        return jnp.sqrt(x)
-
-    def abs(self, x: Any) -> Any:
-        return jnp.abs(x)
-
-    def max(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
-        return jnp.max(x, axis=axis, keepdims=keepdim)
-
-    def argmax(self, x: Any, axis: int | None = None) -> Any:
-        return jnp.argmax(x, axis=axis)
-
-    def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
-        return jnp.reshape(x, shape)
-
-    def transpose(self, x: Any, axes: tuple[int, ...] | None = None) -> Any:
-        return jnp.transpose(x, axes)
-
-    def concat(self, arrays: list[Any], axis: int = 0) -> Any:
-        return jnp.concatenate(arrays, axis=axis)
 
     # -- lowering ----------------------------------------------------------------------
     def lower(self, graph: Graph, options: CompileOptions) -> JaxProgram:
