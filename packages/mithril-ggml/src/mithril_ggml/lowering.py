@@ -461,10 +461,14 @@ class GGMLProgram(Program):
     def activations(
         self, params: Mapping[str, Any], inputs: Mapping[str, Any], taps: tuple[Edge, ...]
     ) -> dict[str, Any]:
-        """Outputs and the values of the `taps` edges, from a graph built for this call only."""
+        """Outputs and the values of the `taps` edges, from a graph built once per input shapes and taps."""
         xs, ps = self._check(params, inputs)
         store = self._weights(params, ps)
-        return _Instance(self, store, tuple(tuple(x.shape) for x in xs), None, taps).run(xs)
+        key = (tuple(tuple(x.shape) for x in xs), taps)
+        inst = store.instances.get(key)
+        if inst is None:
+            inst = store.instances[key] = _Instance(self, store, key[0], None, taps)
+        return inst.run(xs)
 
     @property
     def quantization_report(self) -> dict[str, str]:
