@@ -6,9 +6,10 @@ first time that backend is used (`ml.TorchBackend` and friends resolve lazily).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from . import models
+from . import models, optim
 from .backend import Backend
 from .compiler import CompiledModel, compile
 from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int32, int64, promote
@@ -16,6 +17,7 @@ from .errors import (
     BackendNotFoundError,
     CompositionError,
     DTypeMismatchError,
+    IndexRangeError,
     KeyNotFoundError,
     MithrilError,
     ShapeError,
@@ -23,6 +25,7 @@ from .errors import (
 )
 from .plugins import BackendInfo, hookimpl
 from .plugins import registry as _registry
+from .serialization import export_onnx, load_model, load_params, load_state, save_model, save_params
 
 __version__ = "1.0.0.dev0"
 
@@ -36,6 +39,7 @@ __all__ = [
     "CompositionError",
     "DType",
     "DTypeMismatchError",
+    "IndexRangeError",
     "KeyNotFoundError",
     "MithrilError",
     "ShapeError",
@@ -45,15 +49,23 @@ __all__ = [
     "bfloat16",
     "bool",
     "compile",
+    "export_onnx",
     "float16",
     "float32",
     "float64",
     "hookimpl",
     "int32",
     "int64",
+    "load_model",
+    "load_params",
+    "load_state",
     "models",
+    "optim",
     "promote",
     "register_plugin",
+    "save_model",
+    "save_params",
+    "serialization",
 ]
 
 
@@ -76,7 +88,13 @@ def backend(name: str, **options: Any) -> Backend:
     return cls(**options)
 
 
+_TRAINING = ("Trainer", "TrainState", "training")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _TRAINING:  # imported on first use: training needs NumPy, `import mithril` does not
+        training = importlib.import_module(f"{__name__}.training")
+        return training if name == "training" else getattr(training, name)
     if name.endswith("Backend") and not name.startswith("_"):
         return _registry.backend_class(name)
     raise AttributeError(f"module 'mithril' has no attribute {name!r}")

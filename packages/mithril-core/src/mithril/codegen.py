@@ -17,7 +17,9 @@ from .backend import Backend, Kernel, OpImpl
 from .errors import KeyNotFoundError, UnsupportedError
 from .graph import Edge, Graph, Node
 from .models.rules import flatten_span
+from .primitives import PRIMITIVES
 from .shapes import Dim, Var, resolve
+from .validation import make_index_check
 
 __all__ = [
     "PythonCodegen",
@@ -25,18 +27,25 @@ __all__ = [
     "static_shape",
     "function",
     "forward_function",
-    "vjp_functions",
+    "joint_functions",
+    "CONSTANT",
     "free_after_last_use",
     "keyword_call",
     "flatten_shape",
 ]
 
 _RESERVED = {"params", "inputs", "output_gradients", "state"}
+# The op-table entry of `scalar` and `constant`: the value becomes a backend array built once, at compile time.
+CONSTANT = "<constant>"
 _counter = itertools.count()
+_NON_WORD = re.compile(r"\W")
 
 
 def static_shape(edge: Edge) -> tuple[int | None, ...] | None:
     """The edge's shape as ints (None for symbolic dims), or None when its rank is unknown."""
+    known = edge.concrete_shape()  # remembered by the edge once every size is known
+    if known is not None:
+        return known
     out: list[int | None] = []
     for item in resolve(edge.shape.items):
         if isinstance(item, Var):
@@ -54,12 +63,11 @@ class PythonCodegen:
         backend: Backend,
         ops: Mapping[str, OpImpl],
         namespace: Mapping[str, Any],
-        vjps: Mapping[str, Mapping[str, OpImpl]] | None = None,
+        inline: bool = True,
     ) -> None:
         self.graph = graph
         self.backend = backend
         self.ops = ops
-        self.vjps = vjps
         self.namespace: dict[str, Any] = dict(namespace)
         missing = sorted({n.primitive for n in graph.nodes if n.primitive not in ops})
         if missing:
@@ -70,14 +78,27 @@ class PythonCodegen:
             )
         taken = set(self.namespace) | _RESERVED
         self.names: dict[Edge, str] = {}
+        # single-use values waiting to be written into their consumer's expression
+        self.inlined: dict[Edge, str] = {}
+        self.inline = inline
+        self._constants: dict[tuple[Any, ...], str] = {}
+        # the edges of each role, in graph order, taken once: a graph is final when code is made from it
+        self._by_role: dict[str, list[Edge]] = {}
         for edge in graph.edges:
             self.names[edge] = self._unique(edge.name, taken)
+            self._by_role.setdefault(edge.role, []).append(edge)
         self._taken = taken
+
+    def edges(self, role: str) -> list[Edge]:
+        """The graph's edges of `role` ("param", "input", "output", "internal", "seed" or "gradient")."""
+        return self._by_role.get(role, [])
 
     # -- naming --------------------------------------------------------------------
     @staticmethod
     def _unique(name: str, taken: set[str]) -> str:
-        ident = re.sub(r"\W", "_", name)
+        ident = name.replace(".", "_")  # edge names are dotted paths: most need nothing else
+        if not (ident.isascii() and ident.isidentifier()):
+            ident = _NON_WORD.sub("_", name)
         if not ident or ident[0].isdigit() or ident[0] == "_" or keyword.iskeyword(ident):
             ident = "v_" + ident
         base, n = ident, 1
@@ -98,6 +119,12 @@ class PythonCodegen:
 
     # -- expressions ---------------------------------------------------------------
     def expr(self, node: Node, impl: OpImpl, args: Mapping[str, str]) -> str:
+        if impl is CONSTANT:
+            shape = tuple(node.attrs.get("shape", ()))
+            key = (node.attrs["value"], shape)
+            if key not in self._constants:
+                self._constants[key] = self.constant(self.backend.constant(node.attrs["value"], shape), "const")
+            return self._constants[key]
         if isinstance(impl, str):
             return impl.format(**{k: repr(v) for k, v in node.attrs.items()}, **args)
         if isinstance(impl, Kernel):
@@ -111,108 +138,127 @@ class PythonCodegen:
         return {k: self.names[e] for k, e in node.inputs.items()}
 
     # -- prologue: load and check ----------------------------------------------------
-    def load_lines(self, diagnose: str) -> list[str]:
-        """Read params and inputs into locals, checking keys, shapes and dtypes in one pass."""
-        g = self.graph
+    def load_lines(self, diagnose: str, index_checks: bool = True) -> list[str]:
+        """Read params and inputs into locals, checking keys, shapes and dtypes in one pass, then index ranges."""
+        params, inputs = self.edges("param"), self.edges("input")
         lines = ["try:"]
-        lines += [f"    {self.names[e]} = params[{e.name!r}]" for e in g.params]
-        lines += [f"    {self.names[e]} = inputs[{e.name!r}]" for e in g.inputs]
-        checks = self._checks([*g.params, *g.inputs])
-        lines.append(f"    if len(params) != {len(g.params)} or len(inputs) != {len(g.inputs)}{checks}:")
+        lines += [f"    {self.names[e]} = params[{e.name!r}]" for e in params]
+        lines += [f"    {self.names[e]} = inputs[{e.name!r}]" for e in inputs]
+        checks = self._checks([*params, *inputs])
+        lines.append(f"    if len(params) != {len(params)} or len(inputs) != {len(inputs)}{checks}:")
         lines.append(f"        {diagnose}(params, inputs)")
         lines.append("except (KeyError, TypeError, AttributeError, IndexError):")
         lines.append(f"    {diagnose}(params, inputs)")
-        return lines
+        return lines + (self.index_check_lines() if index_checks else [])
+
+    def index_check_lines(self) -> list[str]:
+        """Check integer index inputs against their valid range (after load_lines has read them).
+
+        Backends that trace their code (JAX's jit) call this outside the traced function.
+        """
+        g = self.graph
+        if not g.index_checks:
+            return []
+        check = self.constant(make_index_check(g, self.backend), "check_index")
+        inputs = {e.name: e for e in self.edges("input")}
+        return [f"{check}({self.names[inputs[spec.key]]}, {self.constant(spec, 'index')})" for spec in g.index_checks]
 
     def grad_check_lines(self, grad_edges: Sequence[Edge], grad_names: Sequence[str], diagnose: str) -> list[str]:
-        """Load output gradients and check each against its output's actual shape."""
+        """Load output gradients and check each against its output's actual shape, and float ones' dtype."""
         lines = ["try:"]
         lines += [f"    {gn} = output_gradients[{e.name!r}]" for e, gn in zip(grad_edges, grad_names)]
         if grad_edges:
             lhs = ", ".join(f"{gn}.shape" for gn in grad_names)
             rhs = ", ".join(f"{self.names[e]}.shape" for e in grad_edges)
-            lines.append(f"    if ({lhs},) != ({rhs},):")
+            kinds = self._kind_checks([(gn, e.kind == "float") for e, gn in zip(grad_edges, grad_names)])
+            lines.append(f"    if ({lhs},) != ({rhs},){kinds}:")
             lines.append(f"        {diagnose}(params, inputs, output_gradients, {self.outputs_expr()})")
         lines.append("except (KeyError, TypeError, AttributeError):")
         lines.append(f"    {diagnose}(params, inputs, output_gradients, {self.outputs_expr()})")
         return lines
 
     def _checks(self, edges: Sequence[Edge]) -> str:
-        shape_exprs, shape_expected, dtype_exprs, dtype_expected = [], [], [], []
+        shape_exprs, shape_expected = [], []
         for edge in edges:
-            var = self.names[edge]
-            check = _shape_check(var, edge)
+            check = _shape_check(self.names[edge], edge)
             if check is not None:
                 shape_exprs.append(check[0])
                 shape_expected.append(check[1])
-            if edge.kind == "float":
-                dtype_exprs.append(f"{var}.dtype")
-                dtype_expected.append(self.backend.native_dtype(self.backend.dtype))
-            for expr, expected in self.backend.extra_checks(var):
-                dtype_exprs.append(expr)
-                dtype_expected.append(expected)
         text = ""
         if shape_exprs:
             text += f" or ({', '.join(shape_exprs)},) != {self.constant(tuple(shape_expected), 'shapes')}"
-        if dtype_exprs:
-            text += f" or ({', '.join(dtype_exprs)},) != {self.constant(tuple(dtype_expected), 'dtypes')}"
-        return text
+        text += "".join(f" or {a} != {b}" for a, b in self._shared_dims(edges))
+        return text + self._kind_checks([(self.names[e], e.kind == "float") for e in edges])
+
+    def _shared_dims(self, edges: Sequence[Edge]) -> list[tuple[str, str]]:
+        """Pairs of `var.shape[i]` expressions that must be equal: one symbolic dimension in several places
+        (the batch axis of an input and of its target), which the static shape tuple cannot check."""
+        places: dict[int, list[str]] = {}
+        for edge in edges:
+            items = resolve(edge.shape.items)
+            var_at = next((i for i, it in enumerate(items) if isinstance(it, Var)), len(items))
+            for i, item in enumerate(items):
+                if isinstance(item, Dim) and item.value is None and i != var_at:
+                    index = i if i < var_at else i - len(items)
+                    places.setdefault(id(item), []).append(f"{self.names[edge]}.shape[{index}]")
+        return [(where[0], other) for where in places.values() for other in where[1:]]
+
+    def _kind_checks(self, variables: Sequence[tuple[str, bool]]) -> str:
+        """` or (dtypes and devices,) != expected` for (variable, is float) pairs: float ones must have the
+        backend's dtype; every one passes the backend's `extra_checks` (e.g. its device)."""
+        exprs, expected = [], []
+        for var, is_float in variables:
+            if is_float:
+                exprs.append(f"{var}.dtype")
+                expected.append(self.backend.native_dtype(self.backend.dtype))
+            for expr, value in self.backend.extra_checks(var):
+                exprs.append(expr)
+                expected.append(value)
+        if not exprs:
+            return ""
+        return f" or ({', '.join(exprs)},) != {self.constant(tuple(expected), 'dtypes')}"
 
     # -- body ----------------------------------------------------------------------
     def forward_lines(self, nodes: Sequence[Node] | None = None) -> list[str]:
-        lines = []
+        """One line per node, except that a value used once by a later op is written into that op's
+        expression (when the op's code names it once; one level deep, so lines stay short), and a
+        bare name (an alias or a constant) takes no line at all."""
+        lines: list[str] = []
+        names, inlined, ops = self.names, self.inlined, self.ops
         for node in self.graph.nodes if nodes is None else nodes:
-            targets = ", ".join(self.names[e] for e in node.outputs.values())
-            lines.append(f"{targets} = {self.expr(node, self.ops[node.primitive], self.args(node))}")
+            args = {k: names[e] for k, e in node.inputs.items()}
+            pending = {k: e for k, e in node.inputs.items() if e in inlined} if inlined else {}
+            for key in pending:
+                args[key] = f"__inline_{key}__"
+            value = self.expr(node, ops[node.primitive], args)
+            for key, edge in pending.items():
+                text = inlined.pop(edge)
+                if value.count(args[key]) != 1:
+                    lines.append(f"{names[edge]} = {text}")
+                    text = names[edge]
+                value = value.replace(args[key], text)
+            if len(node.outputs) == 1:
+                out = next(iter(node.outputs.values()))
+                if value.isidentifier():
+                    names[out] = value
+                    continue
+                if not pending and self._inlinable(node, out):
+                    inlined[out] = f"({value})"
+                    continue
+            targets = ", ".join(names[e] for e in node.outputs.values())
+            lines.append(f"{targets} = {value}")
         return lines
 
+    def _inlinable(self, node: Node, out: Edge) -> bool:
+        """A pure op whose internal result has exactly one consumer, which is not a multi-output op."""
+        if out.role != "internal" or len(out.consumers) != 1 or not self.inline:
+            return False
+        decl = PRIMITIVES.get(node.primitive)
+        return decl is not None and not decl.random and len(out.consumers[0][0].outputs) == 1
+
     def outputs_expr(self, wrap: Callable[[str], str] = lambda v: v) -> str:
-        items = ", ".join(f"{e.name!r}: {wrap(self.names[e])}" for e in self.graph.outputs)
+        items = ", ".join(f"{e.name!r}: {wrap(self.names[e])}" for e in self.edges("output"))
         return "{" + items + "}"
-
-    def backward_lines(
-        self, grad_edges: Sequence[Edge], grad_names: Sequence[str], zeros_like: str
-    ) -> tuple[list[str], str]:
-        """Reverse-mode code from the VJP table; returns the lines and the gradients dict expression."""
-        assert self.vjps is not None
-        needs = _depends_on_params(self.graph)
-        contributions: dict[Edge, list[str]] = {e: [gn] for e, gn in zip(grad_edges, grad_names)}
-        lines: list[str] = []
-        for node in reversed(self.graph.nodes):
-            outs = {k: e for k, e in node.outputs.items() if contributions.get(e)}
-            wanted = [k for k, e in node.inputs.items() if e in needs]
-            if not outs or not wanted:
-                continue
-            args = self.args(node)
-            for key, edge in node.outputs.items():
-                args[key] = self.names[edge]
-                parts = contributions.get(edge, [])
-                args["g_" + key] = self._sum(parts, f"g_{self.names[edge]}", lines) if key in outs else "None"
-            args["g"] = args["g_" + next(iter(node.outputs))]
-            rules = self.vjps.get(node.primitive, {})
-            for key in wanted:
-                if key not in rules:
-                    raise UnsupportedError(
-                        f"backend {self.backend.name!r} has no gradient rule for input {key!r} of primitive "
-                        f"{node.primitive!r} (used by {node.path!r}); compile with inference=True for forward only"
-                    )
-                tmp = self.fresh(f"d_{node.path}_{key}")
-                lines.append(f"{tmp} = {self.expr(node, rules[key], args)}")
-                contributions.setdefault(node.inputs[key], []).append(tmp)
-        grads = []
-        for edge in self.graph.params:
-            parts = contributions.get(edge, [])
-            value = self._sum(parts, f"g_{self.names[edge]}", lines) if parts else zeros_like.format(self.names[edge])
-            grads.append(f"{edge.name!r}: {value}")
-        return lines, "{" + ", ".join(grads) + "}"
-
-    def _sum(self, parts: list[str], hint: str, lines: list[str]) -> str:
-        if len(parts) == 1:
-            return parts[0]
-        name = self.fresh(hint)
-        lines.append(f"{name} = {' + '.join(parts)}")
-        parts[:] = [name]
-        return name
 
     # -- assembly --------------------------------------------------------------------
     def build(self, source: str, file_path: str | None = None) -> dict[str, Any]:
@@ -273,7 +319,7 @@ def _shape_check(var: str, edge: Edge) -> tuple[str, tuple[Any, ...]] | None:
                 exprs.append(f"{var}.shape[{start}:{i}]")
                 expected.append(tuple(values[start:i]))
                 start = None
-        return f"({', '.join(exprs)})", tuple(expected)
+        return f"({', '.join(exprs)},)", tuple(expected)
     tail: list[int] = []
     for v in reversed(values[var_at + 1 :]):
         if v is None:
@@ -284,26 +330,20 @@ def _shape_check(var: str, edge: Edge) -> tuple[str, tuple[Any, ...]] | None:
     return f"{var}.shape[-{len(tail)}:]", tuple(tail)
 
 
-def _depends_on_params(graph: Graph) -> set[Edge]:
-    needs = {e for e in graph.params if e.kind != "int"}
-    for node in graph.nodes:
-        if any(e in needs for e in node.inputs.values()):
-            needs.update(e for e in node.outputs.values() if e.kind == "float")
-    return needs
-
-
 _IDENT = re.compile(r"\b[A-Za-z_]\w*\b")
 
 
 def free_after_last_use(lines: Sequence[str], candidates: set[str], keep: set[str]) -> list[str]:
     """Insert `del` statements right after each candidate's last use, so arrays die as early as possible.
 
-    `lines` must be top-level statements; names in `keep` (returned values) are never deleted.
+    `lines` must be top-level statements; only names the lines assign are deleted, and never
+    those in `keep` (returned values).
     """
+    assigned = {name for line in lines if "=" in line for name in _IDENT.findall(line.split("=", 1)[0])}
     last: dict[str, int] = {}
     for index, line in enumerate(lines):
         for name in _IDENT.findall(line):
-            if name in candidates and name not in keep:
+            if name in candidates and name in assigned and name not in keep:
                 last[name] = index
     by_line: dict[int, list[str]] = {}
     for name, index in last.items():
@@ -318,44 +358,42 @@ def free_after_last_use(lines: Sequence[str], candidates: set[str], keep: set[st
 
 def forward_function(gen: PythonCodegen, diagnose: str) -> str:
     """Source of `forward(params, inputs)`: checks, the ops in order, the outputs dict."""
-    internal = {gen.names[e] for e in gen.graph.edges if e.role == "internal"}
-    body = free_after_last_use(gen.forward_lines(), internal, {gen.names[e] for e in gen.graph.outputs})
+    internal = {gen.names[e] for e in gen.edges("internal")}
+    body = free_after_last_use(gen.forward_lines(), internal, {gen.names[e] for e in gen.edges("output")})
     return function("forward", "params, inputs", [*gen.load_lines(diagnose), *body, f"return {gen.outputs_expr()}"])
 
 
-def vjp_functions(
-    gen: PythonCodegen, diagnose: str, grad_edges: Sequence[Edge], zeros_like: str, partial: str | None
-) -> str:
-    """Source of `forward` and `forward_backward` for a backend with a VJP table.
+def joint_functions(gen: PythonCodegen, diagnose: str, partial: str | None) -> str:
+    """Source of `forward_backward` for a joint graph (`mithril.primitives.joint_graph`).
 
-    `partial` names a function that handles calls giving gradients for only some
-    outputs (None when `grad_edges` already is such a subset).
+    The forward ops, then the seeds (output gradients) checked against the outputs, then the
+    backward ops; returns (outputs, gradients). `partial` names a function that handles calls
+    giving gradients for another subset of outputs (None when the seeds already are that subset).
     """
-    load, body = gen.load_lines(diagnose), gen.forward_lines()
-    forward = forward_function(gen, diagnose)
-    grad_names = [gen.fresh(f"g_{gen.names[e]}") for e in grad_edges]
-    back, grads = gen.backward_lines(grad_edges, grad_names, zeros_like)
+    graph = gen.graph
+    seeds = gen.edges("seed")
     head = (
         []
         if partial is None
         else [
-            f"if len(output_gradients) != {len(grad_edges)}:",
+            f"if len(output_gradients) != {len(seeds)}:",
             f"    return {partial}(params, inputs, output_gradients)",
         ]
     )
-    internal = {gen.names[e] for e in gen.graph.edges if e.role == "internal"}
-    temporaries = {name for line in back for name in _IDENT.findall(line.split("=", 1)[0])}
-    keep = set(_IDENT.findall(grads)) | {gen.names[e] for e in gen.graph.outputs}
-    freed = free_after_last_use([*body, "# backward", *back], internal | temporaries, keep)
+    forward = gen.forward_lines(graph.nodes[: graph.forward_count])
+    backward = gen.forward_lines(graph.nodes[graph.forward_count :])
+    outputs = {e.name: e for e in gen.edges("output")}
+    checks = gen.grad_check_lines([outputs[e.seed_of or ""] for e in seeds], [gen.names[e] for e in seeds], diagnose)
+    by_param = {e.grad_of: e for e in gen.edges("gradient")}
+    grads = "{" + ", ".join(f"{p.name!r}: {gen.names[by_param[p.name]]}" for p in gen.edges("param")) + "}"
+    internal = {gen.names[e] for e in [*gen.edges("internal"), *seeds]}
+    keep = {gen.names[e] for e in [*outputs.values(), *gen.edges("gradient")]}
+    freed = free_after_last_use([*forward, "# backward", *backward], internal, keep)
     split = freed.index("# backward")
-    body, back = freed[:split], freed[split + 1 :]
-    checks = gen.grad_check_lines(grad_edges, grad_names, diagnose)
-    forward_backward = function(
-        "forward_backward",
-        "params, inputs, output_gradients",
-        [*head, *load, *body, *checks, *back, f"return {gen.outputs_expr()}, {grads}"],
+    body = [*head, *gen.load_lines(diagnose), *freed[:split], *checks, *freed[split + 1 :]]
+    return function(
+        "forward_backward", "params, inputs, output_gradients", [*body, f"return {gen.outputs_expr()}, {grads}"]
     )
-    return forward + "\n\n" + forward_backward
 
 
 class GradientSubsets:

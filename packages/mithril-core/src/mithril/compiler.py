@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from .backend import Backend, CompileOptions, Program
-from .errors import KeyNotFoundError, ShapeError, UnsupportedError
+from .backend import Backend, CompileOptions, Program, parse_backend_options
+from .errors import CompositionError, KeyNotFoundError, ShapeError, UnsupportedError
 from .graph import Edge, Graph, flatten
-from .models.base import BaseModel
+from .models.base import BaseModel, Model, Operator
+from .primitives.transform import for_backend, settle
 from .shapes import Dim, Renderer, ShapeMismatch, Transaction, unify
+from .validation import index_checks
 
-__all__ = ["compile", "CompiledModel"]
+__all__ = ["compile", "CompiledModel", "CompileRecipe"]
 
 _EMPTY: Mapping[str, Any] = {}
 
@@ -33,30 +40,148 @@ def compile(  # noqa: A001 - the public name the quick start uses
     """Compile a logical model for a backend.
 
     shapes: sizes for any keys (None leaves a dimension symbolic); jit: the backend's
-    compiler (None picks the backend's default); inference / static_inference: forward
-    only, no gradients; outputs: keys to return (default: the canonical output);
-    file_path: also write the generated source there.
+    compiler (None picks the backend's default); inference: forward only, no gradients;
+    static_inference: inference, specialised to fixed shapes (those given here, else each new input
+    shape is fixed at its first call; GGML builds one static graph per shape);
+    outputs: keys to return (default: the canonical output); file_path: also write the
+    generated source there; backend_options: the options the backend declares in its
+    `compile_options_type`.
     """
     if not isinstance(model, BaseModel):
         raise TypeError(f"ml.compile: model must be a Mithril model, got {type(model).__name__}")
     if not isinstance(backend, Backend):
         raise TypeError(f"ml.compile: backend must be a Mithril backend instance, got {type(backend).__name__}")
-    if jit is None:
-        jit = backend.default_jit
-    if jit and not backend.supports_jit:
+    if not _has_layers(model):
+        raise CompositionError(
+            f"ml.compile: {model.describe()} has no layers, so there is nothing to compile; "
+            "add layers with |= or += first"
+        )
+    options = compile_options(backend, jit, inference, static_inference, file_path, backend_options)
+    with collector_paused():
+        graph = flatten(model, copy=True, outputs=outputs, inference=options.inference)
+        graph, program = lower_graph(graph, backend, options, shapes, trainable_keys)
+    recipe = CompileRecipe(
+        model,
+        backend,
+        {key: list(sizes) for key, sizes in (shapes or {}).items()},
+        options.jit,
+        options.inference,
+        options.static_inference,
+        None if outputs is None else list(outputs),
+        [trainable_keys] if isinstance(trainable_keys, str) else list(trainable_keys),
+        {f.name: getattr(options.backend, f.name) for f in dataclasses.fields(options.backend)},
+    )
+    return CompiledModel(graph, backend, program, options, recipe)
+
+
+_pause_lock = threading.Lock()
+_pause_depth = 0  # compilations running now, in any thread
+_pause_resumes = False  # whether the collector was enabled when the first of them began
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a model is compiled; its previous state comes back after.
+
+    Compiling allocates a few hundred objects per layer that stay alive (the graph, its shapes, the
+    generated code); every collection they trigger meanwhile traverses the whole heap and frees nothing
+    (half of a 1000-layer MLP's ml.compile). Nested and concurrent compilations share one pause: the last
+    to finish re-enables the collector if it was enabled when the first began.
+    """
+    global _pause_depth, _pause_resumes
+    with _pause_lock:
+        if _pause_depth == 0:
+            _pause_resumes = gc.isenabled()
+            gc.disable()
+        _pause_depth += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pause_depth -= 1
+            if _pause_depth == 0 and _pause_resumes:
+                gc.enable()
+
+
+def compile_options(
+    backend: Backend,
+    jit: bool | None,
+    inference: bool,
+    static_inference: bool,
+    file_path: str | None,
+    backend_options: Mapping[str, Any],
+) -> CompileOptions:
+    """The checked options of one compilation (`jit=None`: the backend's default)."""
+    options = CompileOptions(
+        jit=backend.default_jit if jit is None else jit,
+        inference=inference,
+        static_inference=static_inference,
+        file_path=file_path,
+        backend=parse_backend_options(backend, backend_options),
+    )
+    if options.jit and not backend.supports_jit:
         raise UnsupportedError(f"ml.compile: backend {backend.name!r} has no JIT compiler; use jit=False")
-    inference = bool(inference or static_inference)
-    graph = flatten(model, copy=True, outputs=outputs, inference=inference)
+    return options
+
+
+def lower_graph(
+    graph: Graph,
+    backend: Backend,
+    options: CompileOptions,
+    shapes: Mapping[str, Sequence[int | None]] | None,
+    trainable_keys: Sequence[str] = (),
+) -> tuple[Graph, Program]:
+    """Solve a flattened graph's shapes, add its index checks, decompose what the backend lacks and lower it."""
     _mark_trainable(graph, trainable_keys)
     _apply_shapes(graph, shapes or {})
-    options = CompileOptions(
-        jit=bool(jit),
-        inference=inference,
-        file_path=file_path,
-        extra={**backend_options, **({"static_inference": True} if static_inference else {})},
-    )
-    program = backend.lower(graph, options)
-    return CompiledModel(graph, backend, program, options)
+    settle(graph)
+    graph.index_checks = index_checks(graph)
+    graph = for_backend(graph, backend.op_table().__contains__, backend.name)
+    return graph, backend.lower(graph, options)
+
+
+def _has_layers(model: BaseModel) -> bool:
+    """Whether `model` holds at least one operator, at any depth (an empty model lowers to no code)."""
+    if isinstance(model, Operator):
+        return True
+    return isinstance(model, Model) and any(_has_layers(child) for child in model.children)
+
+
+@dataclass(frozen=True)
+class CompileRecipe:
+    """The arguments `ml.compile` was given (but file_path): a compiled model pickles as these and recompiles."""
+
+    model: BaseModel
+    backend: Backend
+    shapes: dict[str, list[int | None]]
+    jit: bool
+    inference: bool
+    static_inference: bool
+    outputs: list[str] | None
+    trainable_keys: list[str]
+    backend_options: dict[str, Any]
+
+    def compile(self) -> CompiledModel:
+        """Compile the model again with the same backend options and arguments."""
+        return compile(
+            self.model,
+            self.backend,
+            self.shapes,
+            jit=self.jit,
+            inference=self.inference,
+            static_inference=self.static_inference,
+            outputs=self.outputs,
+            trainable_keys=self.trainable_keys,
+            **self.backend_options,
+        )
+
+
+def _rebuild(recipe: CompileRecipe, state: dict[str, Any] | None) -> CompiledModel:
+    """Unpickle a compiled model: recompile its recipe and restore its state as backend arrays."""
+    compiled = recipe.compile()
+    if state is not None:
+        compiled.state = {key: compiled.backend.array(value) for key, value in state.items()}
+    return compiled
 
 
 def _mark_trainable(graph: Graph, keys: Sequence[str]) -> None:
@@ -103,11 +228,19 @@ def _apply_shapes(graph: Graph, shapes: Mapping[str, Sequence[int | None]]) -> N
 class CompiledModel:
     """A model compiled for one backend: parameters in, outputs (and gradients) out."""
 
-    def __init__(self, graph: Graph, backend: Backend, program: Program, options: CompileOptions) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        backend: Backend,
+        program: Program,
+        options: CompileOptions,
+        recipe: CompileRecipe | None,
+    ) -> None:
         self.graph = graph
         self.backend = backend
         self.program = program
         self.options = options
+        self.recipe = recipe
         self._forward = program.forward
         self._forward_backward = program.forward_backward if not options.inference else self._no_gradients
         self._state_updates = {e.name: e.updates for e in graph.outputs if e.updates is not None}
@@ -268,6 +401,20 @@ class CompiledModel:
             outputs, grads = self._forward_backward(params, merged, output_gradients)
         new_state = {self._state_updates[k]: outputs.pop(k) for k in list(outputs) if k in self._state_updates}
         return (outputs, new_state) if grads is None else (outputs, grads, new_state)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and deep-copy) as the compile recipe plus the state as NumPy arrays; loading recompiles.
+
+        The generated code holds framework handles (modules, ctypes pointers) that cannot be
+        pickled, so the model is rebuilt from what it was compiled from instead.
+        """
+        if self.recipe is None:
+            raise TypeError(
+                f"{self!r} was built by ml.Trainer, not ml.compile, and cannot be pickled; "
+                "save a checkpoint with trainer.save(state, path) instead"
+            )
+        state = None if self.state is None else {k: self.backend.to_numpy(v) for k, v in self.state.items()}
+        return (_rebuild, (self.recipe, state))
 
     def __repr__(self) -> str:
         return f"<CompiledModel {self.graph.model.describe()} on {self.backend!r}>"

@@ -8,6 +8,7 @@ __all__ = [
     "DTypeMismatchError",
     "CompositionError",
     "KeyNotFoundError",
+    "IndexRangeError",
     "BackendNotFoundError",
     "UnsupportedError",
     "NoFaultFound",
@@ -35,6 +36,10 @@ class KeyNotFoundError(MithrilError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class IndexRangeError(MithrilError, IndexError):
+    """An index input holds a value outside the range its primitive accepts."""
 
 
 class BackendNotFoundError(MithrilError, ImportError):

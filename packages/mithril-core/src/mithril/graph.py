@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import CompositionError, KeyNotFoundError
 from .models.base import BaseModel, Connection, Init, Model, Operator
-from .shapes import Shape, Transaction, copy_shapes
+from .shapes import Shape, Transaction, copy_shapes, dim_values
 
 __all__ = ["Edge", "Node", "Graph", "flatten"]
 
@@ -20,13 +20,36 @@ class Edge:
     name: str
     shape: Shape
     kind: str
-    role: str = "internal"  # "input", "param", "internal" or "output"
+    role: str = "internal"  # "input", "param", "internal", "output", "seed" or "gradient"
     user_named: bool = False
     producer: Node | None = None
     consumers: list[tuple[Node, str]] = field(default_factory=list)
     init: tuple[Node, str, Init] | None = None
     is_state: bool = False
     updates: str | None = None  # for a state-update output: the state key it replaces
+    seed_of: str | None = None  # role "seed": the output whose gradient this edge carries in
+    grad_of: str | None = None  # role "gradient": the parameter whose gradient this edge carries out
+
+    def concrete_shape(self) -> tuple[int, ...] | None:
+        """The shape as ints once every dimension is known (remembered from then on), else None."""
+        known = self.__dict__.get("_concrete")
+        if known is None:
+            values = dim_values(self.shape.items)
+            if values is None or None in values:
+                return None
+            known = self.__dict__["_concrete"] = values
+        return known  # type: ignore[return-value]
+
+    def remember_concrete_shape(self, values: tuple[int, ...]) -> None:
+        """Record the shape as ints when whoever made the edge knows them, so concrete_shape need not resolve it."""
+        self.__dict__["_concrete"] = values
+
+    def unlinked_copy(self) -> Edge:
+        """A copy with no producer or consumers (graph transformations relink their copies)."""
+        copy = object.__new__(Edge)
+        copy.__dict__.update(self.__dict__)
+        copy.producer, copy.consumers = None, []
+        return copy
 
     def __repr__(self) -> str:
         return f"Edge({self.name}, {self.role}, {self.shape})"
@@ -36,7 +59,7 @@ class Edge:
 class Node:
     """One primitive application; `primitive` and `attrs` may differ from the op's in inference mode."""
 
-    op: Operator
+    op: Operator | None  # None for nodes the core adds (decompositions, backward passes)
     path: str
     inputs: dict[str, Edge]
     outputs: dict[str, Edge]
@@ -54,6 +77,17 @@ class Graph:
     model: BaseModel
     nodes: list[Node]
     edges: list[Edge]
+    forward_count: int = -1  # in a joint graph: how many of `nodes` are the forward pass
+    # integer inputs checked against their valid range before each call (set by ml.compile)
+    index_checks: list[Any] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[Edge]:
+        return [e for e in self.edges if e.role == "seed"]
+
+    @property
+    def gradients(self) -> list[Edge]:
+        return [e for e in self.edges if e.role == "gradient"]
 
     @property
     def inputs(self) -> list[Edge]:
@@ -145,14 +179,14 @@ class _Flattener:
         self.edges = [e for e in self.edges if e.producer is not None or e.consumers]
         for edge in self.edges:
             if edge.producer is None:
-                is_param = any(n.op.input_specs[k].role == "param" for n, k in edge.consumers)
+                is_param = any(_op(n).input_specs[k].role == "param" for n, k in edge.consumers)
                 edge.role = "param" if is_param and not edge.is_state else "input"
         by_name = {e.name: e for e in self.edges}
         for node in self.nodes:
             for key, edge in node.outputs.items():
-                if key in node.op.state_updates:
+                if key in _op(node).state_updates:
                     edge.role = "output"
-                    edge.updates = node.inputs[node.op.state_updates[key]].name
+                    edge.updates = node.inputs[_op(node).state_updates[key]].name
         for name in outputs:
             found = by_name.get(name)
             if found is None or found.producer is None:
@@ -171,6 +205,12 @@ class _Flattener:
                 first_use.setdefault(id(edge), index)
         edges = sorted(self.edges, key=lambda e: first_use.get(id(e), len(nodes)))
         return Graph(self.model, nodes, edges)
+
+
+def _op(node: Node) -> Operator:
+    """The operator of a node made by flattening (nodes the core adds later have none)."""
+    assert node.op is not None, node
+    return node.op
 
 
 def _topological(model: BaseModel, nodes: list[Node]) -> list[Node]:
@@ -242,7 +282,7 @@ def _copy_shapes(graph: Graph) -> None:
         edge.shape = shape
     with Transaction() as tx:
         for node in graph.nodes:
-            if node.op.rule is not None:
+            if node.op is not None and node.op.rule is not None:
                 shapes = {k: e.shape for k, e in {**node.inputs, **node.outputs}.items()}
                 node.op.attach_rule(shapes)
         tx.propagate()

@@ -5,13 +5,17 @@ Imported by those plugins only, so `import mithril` still loads no array library
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import dtypes
 from .array_math import ArrayMath
 from .dtypes import DType
+
+if TYPE_CHECKING:
+    from .optim.foreach import Foreach
 
 __all__ = ["HostArrays", "NUMPY_DTYPES"]
 
@@ -33,6 +37,7 @@ class HostArrays(ArrayMath):
     """
 
     xp = np
+    array_type = "numpy.ndarray"
     dtype: DType
     _rng: np.random.Generator
 
@@ -58,8 +63,23 @@ class HostArrays(ArrayMath):
     def to_numpy(self, array: Any) -> np.ndarray:
         return np.asarray(array)
 
+    def foreach_ops(self) -> Foreach:
+        """NumPy's list-wise math, joining each list into one array: one call per operation, not per parameter."""
+        from .optim.foreach import NamespaceForeach  # noqa: PLC0415 - ml.optim imports the backend module
+
+        return NamespaceForeach(np, joins=True)
+
     def set_seed(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
+
+    def rng_state(self) -> np.ndarray:
+        """The generator's state (NumPy's bit-generator dict) as JSON bytes in a uint8 array."""
+        return np.frombuffer(json.dumps(self._rng.bit_generator.state).encode(), np.uint8).copy()
+
+    def set_rng_state(self, state: Any) -> None:
+        generator = np.random.default_rng()
+        generator.bit_generator.state = json.loads(np.asarray(state, np.uint8).tobytes().decode())
+        self._rng = generator
 
     def _draw(self, draw: Any, shape: tuple[int, ...], dtype: DType | None) -> np.ndarray:
         dt = self._np_dtype(dtype)

@@ -29,12 +29,19 @@ __all__ = [
     "render",
     "Renderer",
     "copy_shapes",
+    "DeferredUnify",
+    "deferred_links",
     "dim_values",
 ]
 
 
 class ShapeMismatch(Exception):
     """Low-level unification failure; callers add the model and key to the message."""
+
+
+# The watchers of an unwatched item: one shared empty set (sets of watchers are replaced, never mutated),
+# so that making a dimension allocates no set of its own.
+_NO_WATCHERS: frozenset[Constraint] = frozenset()
 
 
 class Dim:
@@ -46,7 +53,7 @@ class Dim:
         self.parent: Dim | None = None
         self.value = value
         self.size = 1
-        self.watchers: frozenset[Constraint] = frozenset()
+        self.watchers = _NO_WATCHERS
 
     def find(self) -> Dim:
         node = self
@@ -66,7 +73,7 @@ class Var:
 
     def __init__(self) -> None:
         self.binding: list[Item] | None = None
-        self.watchers: frozenset[Constraint] = frozenset()
+        self.watchers = _NO_WATCHERS
 
     def __repr__(self) -> str:
         return "Var(...)" if self.binding is None else f"Var={self.binding!r}"
@@ -91,14 +98,22 @@ class Shape:
 
 
 class Constraint:
-    """A shape rule re-run when any item it watches changes; `fn` returns True when done."""
+    """A shape rule re-run when any item it watches changes; `fn` returns True when done.
 
-    __slots__ = ("fn", "done", "label")
+    `label` names it; a function giving the name is called only when the name is read, so
+    that making a constraint formats no text.
+    """
 
-    def __init__(self, fn: Callable[[], bool], label: str) -> None:
+    __slots__ = ("fn", "done", "_label")
+
+    def __init__(self, fn: Callable[[], bool], label: str | Callable[[], str]) -> None:
         self.fn = fn
         self.done = False
-        self.label = label
+        self._label = label
+
+    @property
+    def label(self) -> str:
+        return self._label if isinstance(self._label, str) else self._label()
 
     def schedule(self) -> None:
         """Queue this constraint on the active transaction."""
@@ -281,28 +296,76 @@ def unify(a_items: Sequence[Item], b_items: Sequence[Item]) -> None:
     elif not rest_pre_b and not rest_suf_b:
         _bind(var_b, [*rest_pre_a, var_a, *rest_suf_a])
     else:
-        fresh = Var()
-        if not rest_pre_a:  # a = [Va, Sa], b = [Pb, Vb]
-            _bind(var_a, [*rest_pre_b, fresh])
-            _bind(var_b, [fresh, *rest_suf_a])
-        else:  # a = [Pa, Va], b = [Vb, Sb]
-            _bind(var_a, [fresh, *rest_suf_b])
-            _bind(var_b, [*rest_pre_a, fresh])
+        # One side fixes leading dims, the other trailing ones ([Pb, Vb] against [Va, Sa]); they may overlap
+        # (both variadics may be empty), so nothing more follows until a variadic is bound: defer.
+        if not rest_pre_a:
+            _defer([var_a, *rest_suf_a], [*rest_pre_b, var_b])
+        else:
+            _defer([*rest_pre_a, var_a], [var_b, *rest_suf_b])
+
+
+class DeferredUnify:
+    """`unify(a, b)` postponed until one of the variadics of `a` or `b` is bound (a class, so models pickle).
+
+    Made when a shape fixing leading dims meets one fixing trailing dims ([N, C, ...] and [..., 3]):
+    how much they overlap depends on the rank, so the link waits for it.
+    """
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: list[Item], b: list[Item]) -> None:
+        self.a = a
+        self.b = b
+
+    def __call__(self) -> bool:
+        if not any(isinstance(item, Var) and item.binding is not None for item in [*self.a, *self.b]):
+            return False
+        render_ = Renderer()
+        before = f"{render_(self.a)} and {render_(self.b)}"
+        try:
+            unify(self.a, self.b)  # may defer again, on the variadics that are still unbound
+        except ShapeMismatch as exc:
+            raise ShapeMismatch(f"{before}, linked earlier, cannot be equal: {exc}") from None
+        return True
+
+    def __repr__(self) -> str:
+        render_ = Renderer()
+        return f"{render_(self.a)} == {render_(self.b)}"
+
+
+def _defer(a: list[Item], b: list[Item]) -> None:
+    link = Constraint(DeferredUnify(a, b), "deferred unification")
+    for item in (*a, *b):
+        if isinstance(item, Var):
+            _add_watcher(item, link)
+
+
+def deferred_links(items: Iterable[Item]) -> list[DeferredUnify]:
+    """The pending deferred unifications watching the unbound variadics among `items`."""
+    out: list[DeferredUnify] = []
+    for item in resolve(list(items)):
+        if isinstance(item, Var):
+            out.extend(c.fn for c in item.watchers if not c.done and isinstance(c.fn, DeferredUnify))
+    return out
 
 
 Token = Union[str, int, None]
 
 
-def instantiate(template: Mapping[str, Sequence[Token]], sizes: Mapping[str, int | None]) -> dict[str, Shape]:
+def instantiate(
+    template: Mapping[str, Sequence[Token]], sizes: Mapping[str, int | None], keys: Iterable[str] | None = None
+) -> dict[str, Shape]:
     """Build fresh shapes from a template such as {"input": ["...", "in"], "weight": ["out", "in"]}.
 
     Names shared between keys become the same Dim (or Var for names starting with "...");
-    integers are fixed sizes; `sizes` gives values to named dimensions.
+    integers are fixed sizes; `sizes` gives values to named dimensions; `keys` picks the
+    template's keys to build (default: all).
     """
     dims: dict[str, Dim] = {}
     vars_: dict[str, Var] = {}
     shapes: dict[str, Shape] = {}
-    for key, tokens in template.items():
+    for key in template if keys is None else keys:
+        tokens = template[key]
         items: list[Item] = []
         for token in tokens:
             if token is None:
@@ -359,18 +422,35 @@ def dim_values(items: Sequence[Item]) -> tuple[int | None, ...] | None:
 
 
 def copy_shapes(shapes: Sequence[Shape]) -> list[Shape]:
-    """Independent copies of shapes that keep the sharing between them but drop constraints."""
+    """Independent copies of shapes that keep the sharing between them and their pending deferred
+    unifications (see `DeferredUnify`), but drop other constraints (callers re-attach shape rules)."""
     dims: dict[int, Dim] = {}
     vars_: dict[int, Var] = {}
-    copies: list[Shape] = []
-    for shape in shapes:
-        items: list[Item] = []
-        for item in shape.resolved():
+    pending: list[Var] = []
+
+    def copy_items(items: Sequence[Item]) -> list[Item]:
+        out: list[Item] = []
+        for item in resolve(items):
             if isinstance(item, Dim):
                 if id(item) not in dims:
                     dims[id(item)] = Dim(item.value)
-                items.append(dims[id(item)])
+                out.append(dims[id(item)])
             else:
-                items.append(vars_.setdefault(id(item), Var()))
-        copies.append(Shape(items))
+                if id(item) not in vars_:
+                    vars_[id(item)] = Var()
+                    pending.append(item)
+                out.append(vars_[id(item)])
+        return out
+
+    copies = [Shape(copy_items(shape.items)) for shape in shapes]
+    seen: set[int] = set()
+    while pending:  # copy each deferred link reachable from the copied variadics, following the links
+        for link in deferred_links([pending.pop()]):
+            if id(link) in seen:
+                continue
+            seen.add(id(link))
+            copy = Constraint(DeferredUnify(copy_items(link.a), copy_items(link.b)), "deferred unification")
+            for item in (*copy.fn.a, *copy.fn.b):  # type: ignore[attr-defined]
+                if isinstance(item, Var):  # fresh objects: no transaction needed
+                    item.watchers = item.watchers | {copy}
     return copies

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from ..errors import CompositionError, DTypeMismatchError, KeyNotFoundError, ShapeError
 from ..shapes import Constraint, Renderer, Shape, ShapeMismatch, Transaction, instantiate, unify
+
+if TYPE_CHECKING:
+    from ..primitives.declaration import Primitive, ShapeRule
 
 __all__ = ["Init", "KeySpec", "Connection", "BaseModel", "Operator", "Model", "Call"]
 
@@ -59,11 +62,21 @@ class Call:
     mapping: dict[str, str] = field(default_factory=dict)
 
 
+_M = TypeVar("_M", bound="BaseModel")
+
+
 class BaseModel:
     """Common interface of operators and composite models."""
 
     canonical_input: str | None = "input"
     canonical_output: str | None = "output"
+    init_args: tuple[tuple[Any, ...], dict[str, Any]]
+
+    def __new__(cls: type[_M], *args: Any, **kwargs: Any) -> _M:
+        """Record the constructor arguments: `mithril.serialization` rebuilds a layer from them."""
+        model = super().__new__(cls)
+        model.init_args = (args, kwargs)  # `**kwargs` is a fresh dict on every call
+        return model
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None and not isinstance(name, str):
@@ -103,34 +116,45 @@ class BaseModel:
 
 
 class Operator(BaseModel):
-    """A leaf model that lowers to one backend primitive."""
+    """A leaf model that lowers to one primitive, declared in `mithril.primitives`.
+
+    The declaration supplies the shape template and rule, the outputs, the state updates
+    and the inference form; `inputs` says which of its inputs are present and their roles
+    (data, trainable parameter or state) and initialisation; `sizes` fixes named dimensions.
+    """
 
     def __init__(
         self,
         primitive: str,
-        inputs: Mapping[str, KeySpec],
-        template: Mapping[str, Sequence[Any]],
+        inputs: Mapping[str, KeySpec] | None = None,
         *,
         sizes: Mapping[str, int | None] | None = None,
         attrs: Mapping[str, Any] | None = None,
-        outputs: Mapping[str, str] | None = None,
-        rule: Callable[[dict[str, Shape], Mapping[str, Any]], bool] | None = None,
-        state_updates: Mapping[str, str] | None = None,
-        inference: tuple[str, Sequence[str]] | None = None,
         name: str | None = None,
     ) -> None:
+        from ..primitives.declaration import get  # noqa: PLC0415 - the declarations import this module
+
         super().__init__(name)
+        decl = get(primitive)
         self.primitive = primitive
+        self.attrs: dict[str, Any] = {**decl.attrs, **attrs} if attrs else dict(decl.attrs)
+        self.input_specs: dict[str, KeySpec] = dict(_default_inputs(decl) if inputs is None else inputs)
+        self.output_kinds: dict[str, str] = dict(decl.outputs)
         # output key -> the state input key it holds the new value of (training mode only)
-        self.state_updates: dict[str, str] = dict(state_updates or {})
+        self.state_updates: dict[str, str] = {}
+        if decl.state_updates:
+            self.state_updates = {out: key for out, key in decl.state_updates.items() if key in self.input_specs}
+            if not self.state_updates:
+                self.output_kinds = {k: v for k, v in self.output_kinds.items() if k not in decl.state_updates}
         # (primitive, input keys it keeps) used when compiling with inference=True; the inference
         # form produces only the canonical output
-        self.inference = inference
-        self.attrs: dict[str, Any] = dict(attrs or {})
-        self.input_specs: dict[str, KeySpec] = dict(inputs)
-        self.output_kinds: dict[str, str] = dict(outputs or {"output": "float"})
-        self.rule = rule
-        shapes = instantiate(template, sizes or {})
+        self.inference: tuple[str, tuple[str, ...]] | None = None
+        if decl.inference is not None and (self.state_updates or not decl.state_updates):
+            kept = tuple(k for k in get(decl.inference).input_names if k in self.input_specs)
+            self.inference = (decl.inference, kept)
+        self.rule = decl.rule
+        keys = [*self.input_specs, *self.output_kinds]
+        shapes = instantiate(decl.shape_template(self.attrs), sizes or {}, keys)
         self._keys: dict[str, Connection] = {}
         for key, spec in self.input_specs.items():
             self._keys[key] = Connection(self, shapes[key], spec.kind, key)
@@ -140,7 +164,7 @@ class Operator(BaseModel):
             self._keys[key] = conn
         self.canonical_input = next(iter(self.input_specs), None)
         self.canonical_output = next(iter(self.output_kinds), None)
-        if rule is not None:
+        if self.rule is not None:
             with Transaction() as tx:
                 self.attach_rule({k: c.shape for k, c in self._keys.items()})
                 tx.propagate()
@@ -149,17 +173,7 @@ class Operator(BaseModel):
         """Register this operator's shape rule on `shapes` (its own, or compile-time copies)."""
         if self.rule is None:
             return
-        rule, attrs = self.rule, self.attrs
-
-        def run() -> bool:
-            try:
-                return rule(shapes, attrs)
-            except ShapeMismatch as exc:
-                render = Renderer()
-                given = ", ".join(f"{k}={render(s.items)}" for k, s in shapes.items())
-                raise ShapeError(f"{self.describe()}: {exc} (shapes: {given})") from None
-
-        constraint = Constraint(run, self.describe())
+        constraint = Constraint(_RuleCheck(self, self.rule, shapes), self.describe)
         constraint.watch(shapes.values())
         constraint.schedule()
 
@@ -168,6 +182,36 @@ class Operator(BaseModel):
 
     def attr_text(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.attrs.items() if not k.startswith("_"))
+
+
+_DEFAULT_INPUTS: dict[Primitive, dict[str, KeySpec]] = {}
+
+
+def _default_inputs(decl: Primitive) -> dict[str, KeySpec]:
+    """An operator's inputs when its layer names none: the declaration's required ports, as data (made once)."""
+    found = _DEFAULT_INPUTS.get(decl)
+    if found is None:
+        found = _DEFAULT_INPUTS[decl] = {p.name: KeySpec(kind=p.kind) for p in decl.inputs if not p.optional}
+    return found
+
+
+class _RuleCheck:
+    """An operator's shape rule bound to its shapes; a class, not a closure, so that models pickle."""
+
+    __slots__ = ("op", "rule", "shapes")
+
+    def __init__(self, op: Operator, rule: ShapeRule, shapes: dict[str, Shape]) -> None:
+        self.op = op
+        self.rule = rule
+        self.shapes = shapes
+
+    def __call__(self) -> bool:
+        try:
+            return self.rule(self.shapes, self.op.attrs)
+        except ShapeMismatch as exc:
+            render = Renderer()
+            given = ", ".join(f"{k}={render(s.items)}" for k, s in self.shapes.items())
+            raise ShapeError(f"{self.op.describe()}: {exc} (shapes: {given})") from None
 
 
 ModelLike = Union[BaseModel, Call]
@@ -190,6 +234,8 @@ class Model(BaseModel):
         self.cin: Connection | None = None
         self.cout: Connection | None = None
         self._counters: dict[str, int] = {}
+        # per child, in order: "|=" or "+=" and the names it was called with (replayed by ml.load_model)
+        self.composition: list[tuple[str, dict[str, str]]] = []
 
     # -- composition -------------------------------------------------------------
     def __ior__(self, other: ModelLike) -> Model:
@@ -209,25 +255,25 @@ class Model(BaseModel):
         return keys
 
     def _add(self, other: ModelLike, chain: bool) -> None:
+        op = "+=" if chain else "|="
         call = other if isinstance(other, Call) else Call(other, {}) if isinstance(other, BaseModel) else None
         if call is None:
-            op = "+=" if chain else "|="
             raise TypeError(f"{self.describe()} {op}: expected a model or a called model, got {other!r}")
         child, mapping = call.model, call.mapping
         self._check_child(child)
         child_keys = child.external_keys()
         plan = self._plan_links(child, child_keys, mapping, chain)
-        self._check_producers_and_cycles(child, child_keys, plan)
+        self._check_producers_and_cycles(child, child_keys, plan, op)
         with Transaction() as tx:
             self._unify_links(child, child_keys, plan)
             try:
                 tx.propagate()
-            except ShapeError as exc:
+            except (ShapeError, ShapeMismatch) as exc:  # ShapeMismatch: a deferred unification failed
                 links = {k: self._label(t) if isinstance(t, Connection) else t for k, t in plan.items()}
                 named = ", ".join(f"{k}->{v!r}" for k, v in links.items() if v is not None)
-                op = "+=" if chain else "|="
                 raise ShapeError(f"{self.describe()} {op} {child.describe()} (links {named}): {exc}") from None
         self._commit(child, child_keys, plan)
+        self.composition.append((op, dict(mapping)))
 
     def _check_child(self, child: BaseModel) -> None:
         if child is self:
@@ -270,72 +316,157 @@ class Model(BaseModel):
                 plan[key] = self.named.get("input", "input")
             elif key in (child.canonical_input, child.canonical_output) or not isinstance(child, Model):
                 plan[key] = None
+        self._share_aliases(child, child_keys, mapping, plan)
         return plan
 
-    def _check_producers_and_cycles(
-        self, child: BaseModel, child_keys: dict[str, Connection], plan: dict[str, Connection | str | None]
+    def _share_aliases(
+        self,
+        child: BaseModel,
+        child_keys: dict[str, Connection],
+        mapping: dict[str, str],
+        plan: dict[str, Connection | str | None],
     ) -> None:
-        targets: list[Connection] = []
-        sources: list[Connection] = []
-        for key, target in plan.items():
-            if not isinstance(target, Connection):
-                continue
-            if child_keys[key].producer is not None:
-                if target.producer is not None:
-                    producer, pkey = target.producer
-                    raise CompositionError(
-                        f"{self.describe()}: key {self._label(target)!r} would have two producers: "
-                        f"{producer.describe()} (key {pkey!r}) and {child.describe()} (key {key!r})"
-                    )
-                targets.append(target)
-            else:
-                sources.append(target)
-        if targets and sources:
-            reachable = self._downstream(targets)
-            for source in sources:
-                if source in reachable:
-                    raise CompositionError(
-                        f"{self.describe()} |= {child.describe()}: connecting it would create a cycle "
-                        f"through key {self._label(source)!r}"
-                    )
+        """Give keys naming one connection of `child` (a named key and its alias 'input') a single target."""
+        groups: dict[Connection, list[str]] = {}
+        for key, inner in child_keys.items():
+            groups.setdefault(inner, []).append(key)
+        if len(groups) == len(child_keys):  # no connection has two keys (always so for an operator)
+            return
+        for keys in groups.values():
+            named = {mapping[k]: k for k in keys if k in mapping}
+            if len(named) > 1:
+                raise CompositionError(
+                    f"{self.describe()}: keys {keys} of {child.describe()} are one connection, but they are "
+                    f"connected to different names {sorted(named)}"
+                )
+            chosen = next(iter(named.values()), next((k for k in keys if k in plan), None))
+            if chosen is not None:
+                for key in keys:
+                    plan[key] = plan[chosen]
 
-    def _downstream(self, starts: list[Connection]) -> set[Connection]:
-        seen: set[Connection] = set()
-        stack = list(starts)
-        while stack:
-            conn = stack.pop()
-            if conn in seen:
+    def _check_producers_and_cycles(
+        self,
+        child: BaseModel,
+        child_keys: dict[str, Connection],
+        plan: dict[str, Connection | str | None],
+        op: str,
+    ) -> None:
+        """Refuse a second producer for a connection, and any cycle the child would close (length 1 or more)."""
+        produced: dict[Connection | str, str] = {}  # target -> the child's key producing it
+        consumed: dict[Connection | str, str] = {}  # target -> a child key taking it as input
+        for key, target in plan.items():
+            if target is None:
                 continue
-            seen.add(conn)
+            inner = child_keys[key]
+            if inner.producer is None:
+                consumed.setdefault(target, key)
+                continue
+            other = produced.get(target)
+            if other is not None and child_keys[other] is not inner:
+                raise CompositionError(
+                    f"{self.describe()} {op} {child.describe()}: keys {other!r} and {key!r} are both outputs "
+                    f"connected to {self._target_label(target)!r}; a connection has one producer"
+                )
+            produced.setdefault(target, key)
+            if isinstance(target, Connection) and target.producer is not None:
+                producer, pkey = target.producer
+                raise CompositionError(
+                    f"{self.describe()}: key {self._label(target)!r} would have two producers: "
+                    f"{producer.describe()} (key {pkey!r}) and {child.describe()} (key {key!r})"
+                )
+        for target, out_key in produced.items():
+            if target in consumed:  # the child's output feeds its own input directly
+                name = self._target_label(target)
+                raise CompositionError(
+                    f"{self.describe()} {op} {child.describe()}: this would create a cycle: its output "
+                    f"{out_key!r} and its input {consumed[target]!r} are both connected to {name!r} "
+                    f"({name} -> {child.describe()} -> {name})"
+                )
+        starts = [t for t in produced if isinstance(t, Connection)]
+        paths = self._downstream(starts)
+        for target, in_key in consumed.items():
+            if isinstance(target, Connection) and target in paths:
+                labels = [self._label(c) for c in paths[target]]
+                raise CompositionError(
+                    f"{self.describe()} {op} {child.describe()}: this would create a cycle: its input {in_key!r} "
+                    f"({labels[-1]!r}) depends on its own output ({labels[0]!r}) through keys "
+                    f"{' -> '.join(labels)} -> {child.describe()} -> {labels[0]}"
+                )
+
+    def _downstream(self, starts: list[Connection]) -> dict[Connection, list[Connection]]:
+        """Every connection computed from `starts`, with the path of connections that leads to it."""
+        paths: dict[Connection, list[Connection]] = {}
+        stack = [(conn, [conn]) for conn in starts]
+        while stack:
+            conn, path = stack.pop()
+            if conn in paths:
+                continue
+            paths[conn] = path
             for consumer, _ in conn.consumers:
+                produced = consumer.external_keys()
                 for key, link in consumer.links.items():
-                    if consumer.external_keys()[key].producer is not None:
-                        stack.append(link)
-        return seen
+                    if produced[key].producer is not None:
+                        stack.append((link, [*path, link]))
+        return paths
+
+    def _target_label(self, target: Connection | str) -> str:
+        """The name of a planned link: an existing connection's label, or the new name."""
+        return self._label(target) if isinstance(target, Connection) else target
 
     def _unify_links(
         self, child: BaseModel, child_keys: dict[str, Connection], plan: dict[str, Connection | str | None]
     ) -> None:
+        """Unify each child key with its target; keys sharing a new name are unified with each other."""
+        first: dict[str, tuple[Connection, str]] = {}  # new name -> the first child key given it
         for key, target in plan.items():
-            if not isinstance(target, Connection):
-                continue
             inner = child_keys[key]
-            if "any" not in (inner.kind, target.kind) and inner.kind != target.kind:
+            if target is None:
+                continue
+            if isinstance(target, str):
+                conn, first_key = first.setdefault(target, (inner, key))
+                if conn is inner:
+                    continue
+            else:
+                conn = target
+            if "any" not in (inner.kind, conn.kind) and inner.kind != conn.kind:
+                label, origin = self._link_label(child, target, first)
                 raise DTypeMismatchError(
                     f"{self.describe()}: {child.describe()} key {key!r} expects {inner.kind} values "
-                    f"but {self._label(target)!r} carries {target.kind} values"
+                    f"but {label!r} carries {conn.kind} values ({origin})"
                 )
+            trail = Transaction.current().trail
+            mark = len(trail)
             try:
-                unify(target.shape.items, inner.shape.items)
+                unify(conn.shape.items, inner.shape.items)
             except ShapeMismatch as exc:
-                Transaction.current().rollback()  # render the shapes as they were before this step
+                for obj, attr, old in reversed(trail[mark:]):  # undo this key's partial unification only, so
+                    setattr(obj, attr, old)  # the shapes show what the keys linked before it implied
+                del trail[mark:]
+                label, origin = self._link_label(child, target, first)
                 render = Renderer()
-                expected, given = render(inner.shape.items), render(target.shape.items)
+                expected, given = render(inner.shape.items), render(conn.shape.items)
                 raise ShapeError(
-                    f"{self.describe()}: shape mismatch at key {self._label(target)!r}: "
-                    f"{child.describe()} key {key!r} expects {expected}, but {self._label(target)!r} "
-                    f"has shape {given} ({exc})"
+                    f"{self.describe()}: shape mismatch at key {label!r}: {child.describe()} key {key!r} "
+                    f"expects {expected}, but {label!r} has shape {given} ({origin}; {exc})"
                 ) from None
+
+    def _link_label(
+        self, child: BaseModel, target: Connection | str, first: dict[str, tuple[Connection, str]]
+    ) -> tuple[str, str]:
+        """The name of a link `_unify_links` refuses and where its shape came from (made only for the message)."""
+        if isinstance(target, str):
+            return target, f"given to {child.describe()} key {first[target][1]!r} too"
+        return self._label(target), self._origin(target)
+
+    def _origin(self, conn: Connection) -> str:
+        """Which model gave one of this model's connections its shape: its producer, else its first consumer."""
+        if conn.producer is not None:
+            model, key = conn.producer
+            return f"produced by {model.describe()} key {key!r}"
+        if conn.consumers:
+            model, key = conn.consumers[0]
+            return f"taken as input by {model.describe()} key {key!r}"
+        return f"an input of {self.describe()}"
 
     def _commit(
         self, child: BaseModel, child_keys: dict[str, Connection], plan: dict[str, Connection | str | None]
@@ -346,23 +477,28 @@ class Model(BaseModel):
         child.local_name = child.name or f"{cls}_{index}"
         child.parent = self
         self.children.append(child)
+        created: dict[Connection | str, Connection] = {}  # new name, or child connection left anonymous
         for key, target in plan.items():
             inner = child_keys[key]
             if not isinstance(target, Connection):
-                conn = Connection(self, inner.shape, inner.kind, target)
-                self.connections.append(conn)
-                if target is not None:
-                    self.named[target] = conn
+                ident: Connection | str = inner if target is None else target
+                conn = created.get(ident)
+                if conn is None:
+                    conn = created[ident] = Connection(self, inner.shape, inner.kind, target)
+                    self.connections.append(conn)
+                    if target is not None:
+                        self.named[target] = conn
                 target = conn
-                if key == child.canonical_input and self.cin is None:
-                    self.cin = conn
             elif target.kind == "any":
                 target.kind = inner.kind
             child.links[key] = target
-            if inner.producer is not None:
-                target.producer = (child, key)
-            else:
+            if inner.producer is None:
                 target.consumers.append((child, key))
+            elif target.producer is None:  # the first of a connection's keys names its producer
+                target.producer = (child, key)
+        cin = child.links.get(child.canonical_input) if child.canonical_input is not None else None
+        if self.cin is None and cin is not None and cin in created.values():
+            self.cin = cin
         if child.canonical_output is not None and child.canonical_output in child.links:
             self.cout = child.links[child.canonical_output]
 

@@ -5,13 +5,14 @@ Argument names, defaults and parameter layouts follow the `torch.nn` namesakes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from . import rules
+from ..shapes import Dim, Transaction, unify
 from .base import Init, KeySpec, Operator
 
 __all__ = [
     "Linear",
+    "ReLU",
     "Relu",
     "Sigmoid",
     "Tanh",
@@ -35,14 +36,21 @@ __all__ = [
     "Transpose",
     "Reshape",
     "Flatten",
+    "Conv1d",
     "Conv2d",
+    "MaxPool1d",
     "MaxPool2d",
+    "AvgPool1d",
     "AvgPool2d",
+    "BatchNorm1d",
     "BatchNorm2d",
+    "GroupNorm",
+    "SiLU",
     "Dropout",
     "LayerNorm",
     "Embedding",
     "GELU",
+    "LeakyReLU",
     "LeakyRelu",
     "Softmax",
     "LogSoftmax",
@@ -52,8 +60,6 @@ __all__ = [
 ]
 
 DATA = KeySpec()
-UNARY_TEMPLATE = {"input": ["..."], "output": ["..."]}
-BINARY_TEMPLATE: dict[str, list[str | int | None]] = {"left": ["...l"], "right": ["...r"], "output": ["...o"]}
 
 
 def _check_int(owner: str, name: str, value: object, minimum: int = 0) -> int:
@@ -69,28 +75,20 @@ class Linear(Operator):
         if dimension is not None:
             _check_int("Linear", "dimension", dimension, 1)
         inputs = {"input": DATA, "weight": KeySpec("param", init=Init("fan_in_uniform"))}
-        template: dict[str, list[str | int | None]] = {
-            "input": ["...", "in"],
-            "weight": ["out", "in"],
-            "output": ["...", "out"],
-        }
         if bias:
             inputs["bias"] = KeySpec("param", init=Init("fan_in_uniform", of="weight"))
-            template["bias"] = ["out"]
-        super().__init__(
-            "linear", inputs, template, sizes={"out": dimension}, attrs={"dimension": dimension}, name=name
-        )
+        super().__init__("linear", inputs, sizes={"out": dimension}, attrs={"dimension": dimension}, name=name)
 
 
 class _Unary(Operator):
     primitive_name = ""
 
     def __init__(self, *, name: str | None = None) -> None:
-        super().__init__(self.primitive_name, {"input": DATA}, UNARY_TEMPLATE, name=name)
+        super().__init__(self.primitive_name, name=name)
 
 
-class Relu(_Unary):
-    """max(input, 0)."""
+class ReLU(_Unary):
+    """torch.nn.ReLU: max(input, 0); NaN stays NaN."""
 
     primitive_name = "relu"
 
@@ -147,13 +145,7 @@ class _Binary(Operator):
     primitive_name = ""
 
     def __init__(self, *, name: str | None = None) -> None:
-        super().__init__(
-            self.primitive_name,
-            {"left": DATA, "right": DATA},
-            BINARY_TEMPLATE,
-            rule=rules.broadcast,
-            name=name,
-        )
+        super().__init__(self.primitive_name, name=name)
 
 
 class Add(_Binary):
@@ -202,7 +194,7 @@ class MatMul(Operator):
     """torch.matmul(left, right), batch dimensions broadcasting."""
 
     def __init__(self, *, name: str | None = None) -> None:
-        super().__init__("matmul", {"left": DATA, "right": DATA}, BINARY_TEMPLATE, rule=rules.matmul, name=name)
+        super().__init__("matmul", name=name)
 
 
 def _axis(owner: str, axis: int | Sequence[int] | None) -> int | tuple[int, ...] | None:
@@ -220,14 +212,7 @@ class _Reduce(Operator):
         self, axis: int | Sequence[int] | None = None, keepdim: bool = False, *, name: str | None = None
     ) -> None:
         attrs = {"axis": _axis(type(self).__name__, axis), "keepdim": bool(keepdim)}
-        super().__init__(
-            self.primitive_name,
-            {"input": DATA},
-            {"input": ["...i"], "output": ["...o"]},
-            attrs=attrs,
-            rule=rules.reduce,
-            name=name,
-        )
+        super().__init__(self.primitive_name, attrs=attrs, name=name)
 
 
 class Sum(_Reduce):
@@ -254,14 +239,7 @@ class Transpose(Operator):
     def __init__(self, axes: Sequence[int] | None = None, *, name: str | None = None) -> None:
         checked = _axis("Transpose", axes)
         attrs = {"axes": None if checked is None else (checked,) if isinstance(checked, int) else checked}
-        super().__init__(
-            "transpose",
-            {"input": DATA},
-            {"input": ["...i"], "output": ["...o"]},
-            attrs=attrs,
-            rule=rules.transpose,
-            name=name,
-        )
+        super().__init__("transpose", attrs=attrs, name=name)
 
 
 class Reshape(Operator):
@@ -271,14 +249,7 @@ class Reshape(Operator):
         dims = tuple(shape)
         if not all(isinstance(d, int) and (d >= 0 or d == -1) for d in dims) or dims.count(-1) > 1:
             raise ValueError(f"Reshape: shape must be non-negative ints with at most one -1, got {shape!r}")
-        super().__init__(
-            "reshape",
-            {"input": DATA},
-            {"input": ["...i"], "output": ["...o"]},
-            attrs={"shape": dims},
-            rule=rules.reshape,
-            name=name,
-        )
+        super().__init__("reshape", attrs={"shape": dims}, name=name)
 
 
 class Flatten(Operator):
@@ -287,25 +258,21 @@ class Flatten(Operator):
     def __init__(self, start_dim: int = 1, end_dim: int = -1, *, name: str | None = None) -> None:
         _axis("Flatten", start_dim)
         _axis("Flatten", end_dim)
-        super().__init__(
-            "flatten",
-            {"input": DATA},
-            {"input": ["...i"], "output": ["...o"]},
-            attrs={"start_dim": start_dim, "end_dim": end_dim},
-            rule=rules.flatten,
-            name=name,
-        )
+        super().__init__("flatten", attrs={"start_dim": start_dim, "end_dim": end_dim}, name=name)
 
 
-def _pair(owner: str, name: str, value: int | Sequence[int], minimum: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"{owner}: {name} must be an int or a pair of ints, got {value!r}")
-    return (_check_int(owner, name, pair[0], minimum), _check_int(owner, name, pair[1], minimum))
+def _tuple(owner: str, name: str, value: int | Sequence[int], n: int, minimum: int) -> tuple[int, ...]:
+    """An int (repeated n times) or a sequence of n ints, each >= minimum."""
+    items = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(items) != n:
+        raise ValueError(f"{owner}: {name} must be an int or a sequence of {n} ints, got {value!r}")
+    return tuple(_check_int(owner, name, v, minimum) for v in items)
 
 
-class Conv2d(Operator):
-    """torch.nn.Conv2d over [N, C, H, W]; weight [out, in/groups, kh, kw]."""
+class _ConvNd(Operator):
+    """torch.nn.Conv{n}d over [N, C, *spatial]; weight [out, in/groups, *kernel]."""
+
+    spatial = 2
 
     def __init__(
         self,
@@ -320,96 +287,69 @@ class Conv2d(Operator):
         *,
         name: str | None = None,
     ) -> None:
-        cin = _check_int("Conv2d", "in_channels", in_channels, 1)
-        cout = _check_int("Conv2d", "out_channels", out_channels, 1)
-        groups = _check_int("Conv2d", "groups", groups, 1)
+        owner, n = type(self).__name__, self.spatial
+        cin = _check_int(owner, "in_channels", in_channels, 1)
+        cout = _check_int(owner, "out_channels", out_channels, 1)
+        groups = _check_int(owner, "groups", groups, 1)
         if cin % groups or cout % groups:
-            raise ValueError(f"Conv2d: in_channels {cin} and out_channels {cout} must be divisible by groups {groups}")
-        kh, kw = _pair("Conv2d", "kernel_size", kernel_size, 1)
-        stride_ = _pair("Conv2d", "stride", stride, 1)
-        dilation_ = _pair("Conv2d", "dilation", dilation, 1)
+            raise ValueError(f"{owner}: in_channels {cin} and out_channels {cout} must be divisible by groups {groups}")
+        kernel = _tuple(owner, "kernel_size", kernel_size, n, 1)
+        stride_ = _tuple(owner, "stride", stride, n, 1)
+        dilation_ = _tuple(owner, "dilation", dilation, n, 1)
         if padding == "valid":
-            padding_ = (0, 0)
+            padding_ = (0,) * n
         elif padding == "same":
-            if stride_ != (1, 1):
-                raise ValueError("Conv2d: padding='same' needs stride 1 (as in PyTorch)")
-            totals = (dilation_[0] * (kh - 1), dilation_[1] * (kw - 1))
+            if stride_ != (1,) * n:
+                raise ValueError(f"{owner}: padding='same' needs stride 1 (as in PyTorch)")
+            totals = tuple(d * (k - 1) for d, k in zip(dilation_, kernel))
             if any(t % 2 for t in totals):
                 raise ValueError(
-                    "Conv2d: padding='same' with an even kernel reach is not symmetric; give padding explicitly"
+                    f"{owner}: padding='same' with an even kernel reach is not symmetric; give padding explicitly"
                 )
-            padding_ = (totals[0] // 2, totals[1] // 2)
+            padding_ = tuple(t // 2 for t in totals)
         elif isinstance(padding, str):
-            raise ValueError(f"Conv2d: padding must be an int, a pair, 'valid' or 'same'; got {padding!r}")
+            raise ValueError(f"{owner}: padding must be an int, a tuple, 'valid' or 'same'; got {padding!r}")
         else:
-            padding_ = _pair("Conv2d", "padding", padding, 0)
+            padding_ = _tuple(owner, "padding", padding, n, 0)
         inputs = {"input": DATA, "weight": KeySpec("param", init=Init("fan_in_uniform"))}
-        template: dict[str, list[str | int | None]] = {
-            "input": ["N", "C", "H", "W"],
-            "weight": ["O", "Cg", kh, kw],
-            "output": ["N", "O", "Ho", "Wo"],
-        }
         if bias:
             inputs["bias"] = KeySpec("param", init=Init("fan_in_uniform", of="weight"))
-            template["bias"] = ["O"]
-        attrs = {
-            "stride": stride_,
-            "padding": padding_,
-            "dilation": dilation_,
-            "groups": groups,
-            "kernel_size": (kh, kw),
-        }
-        super().__init__(
-            "conv2d",
-            inputs,
-            template,
-            sizes={"C": cin, "O": cout, "Cg": cin // groups},
-            attrs=attrs,
-            rule=rules.sliding_window,
-            name=name,
-        )
+        attrs = {"kernel_size": kernel, "stride": stride_, "padding": padding_, "dilation": dilation_, "groups": groups}
+        super().__init__("conv", inputs, sizes={"C": cin, "O": cout, "Cg": cin // groups}, attrs=attrs, name=name)
 
 
-class _Pool2d(Operator):
-    def __init__(
-        self,
-        primitive: str,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] | None,
-        padding: int | Sequence[int],
-        dilation: int | Sequence[int],
-        ceil_mode: bool,
-        extra: Mapping[str, object],
-        name: str | None,
-    ) -> None:
-        owner = type(self).__name__
-        kernel = _pair(owner, "kernel_size", kernel_size, 1)
-        stride_ = kernel if stride is None else _pair(owner, "stride", stride, 1)
-        padding_ = _pair(owner, "padding", padding, 0)
-        if padding_[0] > kernel[0] // 2 or padding_[1] > kernel[1] // 2:
-            raise ValueError(
-                f"{owner}: padding {padding_} must be at most half of kernel_size {kernel} (as in PyTorch)"
-            )
-        attrs = {
-            "kernel_size": kernel,
-            "stride": stride_,
-            "padding": padding_,
-            "dilation": _pair(owner, "dilation", dilation, 1),
-            "ceil_mode": bool(ceil_mode),
-            **extra,
-        }
-        super().__init__(
-            primitive,
-            {"input": DATA},
-            {"input": ["...", "H", "W"], "output": ["...", "Ho", "Wo"]},
-            attrs=attrs,
-            rule=rules.sliding_window,
-            name=name,
-        )
+class Conv1d(_ConvNd):
+    """torch.nn.Conv1d over [N, C, L]."""
+
+    spatial = 1
 
 
-class MaxPool2d(_Pool2d):
-    """torch.nn.MaxPool2d: padding counts as -inf; the gradient goes to the first maximum."""
+class Conv2d(_ConvNd):
+    """torch.nn.Conv2d over [N, C, H, W]."""
+
+    spatial = 2
+
+
+def _pool_attrs(
+    owner: str,
+    n: int,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None,
+    padding: int | Sequence[int],
+    ceil_mode: bool,
+) -> dict[str, object]:
+    kernel = _tuple(owner, "kernel_size", kernel_size, n, 1)
+    padding_ = _tuple(owner, "padding", padding, n, 0)
+    if any(p > k // 2 for p, k in zip(padding_, kernel)):
+        raise ValueError(f"{owner}: padding {padding_} must be at most half of kernel_size {kernel} (as in PyTorch)")
+    stride_ = kernel if stride is None else _tuple(owner, "stride", stride, n, 1)
+    return {"kernel_size": kernel, "stride": stride_, "padding": padding_, "ceil_mode": bool(ceil_mode)}
+
+
+class _MaxPoolNd(Operator):
+    """torch.nn.MaxPool{n}d over the last n axes: padding counts as -inf; the gradient goes to the first maximum."""
+
+    spatial = 2
 
     def __init__(
         self,
@@ -421,11 +361,28 @@ class MaxPool2d(_Pool2d):
         *,
         name: str | None = None,
     ) -> None:
-        super().__init__("max_pool2d", kernel_size, stride, padding, dilation, ceil_mode, {}, name)
+        owner, n = type(self).__name__, self.spatial
+        attrs = _pool_attrs(owner, n, kernel_size, stride, padding, ceil_mode)
+        attrs["dilation"] = _tuple(owner, "dilation", dilation, n, 1)
+        super().__init__("max_pool", attrs=attrs, name=name)
 
 
-class AvgPool2d(_Pool2d):
-    """torch.nn.AvgPool2d, with count_include_pad and divisor_override."""
+class MaxPool1d(_MaxPoolNd):
+    """torch.nn.MaxPool1d over the last axis."""
+
+    spatial = 1
+
+
+class MaxPool2d(_MaxPoolNd):
+    """torch.nn.MaxPool2d over the last two axes."""
+
+    spatial = 2
+
+
+class _AvgPoolNd(Operator):
+    """torch.nn.AvgPool{n}d over the last n axes, with count_include_pad and divisor_override."""
+
+    spatial = 2
 
     def __init__(
         self,
@@ -438,18 +395,34 @@ class AvgPool2d(_Pool2d):
         *,
         name: str | None = None,
     ) -> None:
+        owner, n = type(self).__name__, self.spatial
         if divisor_override is not None:
-            _check_int("AvgPool2d", "divisor_override", divisor_override, 1)
-        extra = {"count_include_pad": bool(count_include_pad), "divisor_override": divisor_override}
-        super().__init__("avg_pool2d", kernel_size, stride, padding, 1, ceil_mode, extra, name)
+            _check_int(owner, "divisor_override", divisor_override, 1)
+        attrs = _pool_attrs(owner, n, kernel_size, stride, padding, ceil_mode)
+        attrs.update(count_include_pad=bool(count_include_pad), divisor_override=divisor_override)
+        super().__init__("avg_pool", attrs=attrs, name=name)
 
 
-class BatchNorm2d(Operator):
-    """torch.nn.BatchNorm2d: batch statistics in training, running statistics for inference.
+class AvgPool1d(_AvgPoolNd):
+    """torch.nn.AvgPool1d over the last axis (torch's AvgPool1d has no divisor_override; it is accepted here)."""
+
+    spatial = 1
+
+
+class AvgPool2d(_AvgPoolNd):
+    """torch.nn.AvgPool2d over the last two axes."""
+
+    spatial = 2
+
+
+class _BatchNormNd(Operator):
+    """torch.nn.BatchNorm{n}d: batch statistics in training, running statistics for inference.
 
     The running mean and variance are state (not parameters): compiled models keep
     and update them; inference=True compiles the running-statistics form.
     """
+
+    ranks: tuple[int, ...] = (4,)
 
     def __init__(
         self,
@@ -461,35 +434,50 @@ class BatchNorm2d(Operator):
         *,
         name: str | None = None,
     ) -> None:
-        c = _check_int("BatchNorm2d", "num_features", num_features, 1)
+        c = _check_int(type(self).__name__, "num_features", num_features, 1)
         inputs: dict[str, KeySpec] = {"input": DATA}
-        template: dict[str, list[str | int | None]] = {"input": ["N", "C", "H", "W"], "output": ["N", "C", "H", "W"]}
         if affine:
             inputs["weight"] = KeySpec("param", init=Init("ones"))
             inputs["bias"] = KeySpec("param", init=Init("zeros"))
-            template["weight"] = template["bias"] = ["C"]
-        outputs = {"output": "float"}
-        updates: dict[str, str] = {}
-        inference = None
         if track_running_stats:
             inputs["running_mean"] = KeySpec("state", init=Init("zeros"))
             inputs["running_var"] = KeySpec("state", init=Init("ones"))
-            for key in ("running_mean", "running_var"):
-                template[key] = template[key + "_out"] = ["C"]
-                outputs[key + "_out"] = "float"
-                updates[key + "_out"] = key
-            inference = ("batch_norm_inference", tuple(inputs))
-        super().__init__(
-            "batch_norm",
-            inputs,
-            template,
-            sizes={"C": c},
-            outputs=outputs,
-            attrs={"eps": float(eps), "momentum": float(momentum)},
-            state_updates=updates,
-            inference=inference,
-            name=name,
-        )
+        attrs = {"eps": float(eps), "momentum": float(momentum)}
+        super().__init__("batch_norm", inputs, sizes={"C": c}, attrs=attrs, name=name)
+        if len(self.ranks) == 1:
+            with Transaction() as tx:
+                unify(self.external_keys()["input"].shape.items, [Dim() for _ in range(self.ranks[0])])
+                tx.propagate()
+
+
+class BatchNorm1d(_BatchNormNd):
+    """torch.nn.BatchNorm1d over [N, C] or [N, C, L]."""
+
+    ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNormNd):
+    """torch.nn.BatchNorm2d over [N, C, H, W]."""
+
+    ranks = (4,)
+
+
+class GroupNorm(Operator):
+    """torch.nn.GroupNorm(num_groups, num_channels, eps, affine) over [N, C, *spatial]."""
+
+    def __init__(
+        self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *, name: str | None = None
+    ) -> None:
+        groups = _check_int("GroupNorm", "num_groups", num_groups, 1)
+        channels = _check_int("GroupNorm", "num_channels", num_channels, 1)
+        if channels % groups:
+            raise ValueError(f"GroupNorm: num_channels {channels} must be divisible by num_groups {groups}")
+        inputs: dict[str, KeySpec] = {"input": DATA}
+        if affine:
+            inputs["weight"] = KeySpec("param", init=Init("ones"))
+            inputs["bias"] = KeySpec("param", init=Init("zeros"))
+        attrs = {"num_groups": groups, "eps": float(eps)}
+        super().__init__("group_norm", inputs, sizes={"C": channels}, attrs=attrs, name=name)
 
 
 class Dropout(Operator):
@@ -498,15 +486,7 @@ class Dropout(Operator):
     def __init__(self, p: float = 0.5, *, name: str | None = None) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1], got {p!r}")
-        super().__init__(
-            "dropout",
-            {"input": DATA},
-            {"input": ["..."], "output": ["..."], "mask": ["..."]},
-            outputs={"output": "float", "mask": "float"},
-            attrs={"p": float(p)},
-            inference=("identity", ("input",)),
-            name=name,
-        )
+        super().__init__("dropout", attrs={"p": float(p)}, name=name)
 
 
 class LayerNorm(Operator):
@@ -524,14 +504,11 @@ class LayerNorm(Operator):
         dims = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         dims = tuple(_check_int("LayerNorm", "normalized_shape", d, 1) for d in dims)
         inputs: dict[str, KeySpec] = {"input": DATA}
-        template: dict[str, list[str | int | None]] = {"input": ["...", *dims], "output": ["...", *dims]}
         if elementwise_affine:
             inputs["weight"] = KeySpec("param", init=Init("ones"))
-            template["weight"] = list(dims)
             if bias:
                 inputs["bias"] = KeySpec("param", init=Init("zeros"))
-                template["bias"] = list(dims)
-        super().__init__("layer_norm", inputs, template, attrs={"normalized_shape": dims, "eps": float(eps)}, name=name)
+        super().__init__("layer_norm", inputs, attrs={"normalized_shape": dims, "eps": float(eps)}, name=name)
 
 
 class Embedding(Operator):
@@ -540,12 +517,8 @@ class Embedding(Operator):
     def __init__(self, num_embeddings: int, embedding_dim: int, *, name: str | None = None) -> None:
         n = _check_int("Embedding", "num_embeddings", num_embeddings, 1)
         d = _check_int("Embedding", "embedding_dim", embedding_dim, 1)
-        super().__init__(
-            "embedding",
-            {"input": KeySpec(kind="int"), "weight": KeySpec("param", init=Init("normal"))},
-            {"input": ["..."], "weight": [n, d], "output": ["...", d]},
-            name=name,
-        )
+        inputs = {"input": KeySpec(kind="int"), "weight": KeySpec("param", init=Init("normal"))}
+        super().__init__("embedding", inputs, sizes={"V": n, "D": d}, name=name)
 
 
 class GELU(Operator):
@@ -554,16 +527,20 @@ class GELU(Operator):
     def __init__(self, approximate: str = "none", *, name: str | None = None) -> None:
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
-        super().__init__("gelu", {"input": DATA}, UNARY_TEMPLATE, attrs={"approximate": approximate}, name=name)
+        super().__init__("gelu", attrs={"approximate": approximate}, name=name)
 
 
-class LeakyRelu(Operator):
+class SiLU(_Unary):
+    """torch.nn.SiLU: input * sigmoid(input)."""
+
+    primitive_name = "silu"
+
+
+class LeakyReLU(Operator):
     """torch.nn.LeakyReLU: x if x > 0 else negative_slope * x."""
 
     def __init__(self, negative_slope: float = 0.01, *, name: str | None = None) -> None:
-        super().__init__(
-            "leaky_relu", {"input": DATA}, UNARY_TEMPLATE, attrs={"negative_slope": float(negative_slope)}, name=name
-        )
+        super().__init__("leaky_relu", attrs={"negative_slope": float(negative_slope)}, name=name)
 
 
 class _SoftmaxFamily(Operator):
@@ -571,14 +548,7 @@ class _SoftmaxFamily(Operator):
 
     def __init__(self, dim: int = -1, *, name: str | None = None) -> None:
         _axis(type(self).__name__, dim)
-        super().__init__(
-            self.primitive_name,
-            {"input": DATA},
-            {"input": ["...i"], "output": ["...o"]},
-            attrs={"axis": dim},
-            rule=rules.same_shape_axis,
-            name=name,
-        )
+        super().__init__(self.primitive_name, attrs={"axis": dim}, name=name)
 
 
 class Softmax(_SoftmaxFamily):
@@ -603,19 +573,18 @@ class MSELoss(Operator):
     """torch.nn.MSELoss: (input - target)**2 reduced by `reduction`."""
 
     def __init__(self, reduction: str = "mean", *, name: str | None = None) -> None:
-        red = _reduction("MSELoss", reduction)
-        out: list[str | int | None] = ["..."] if red == "none" else []
-        super().__init__(
-            "mse_loss",
-            {"input": DATA, "target": DATA},
-            {"input": ["..."], "target": ["..."], "output": out},
-            attrs={"reduction": red},
-            name=name,
-        )
+        super().__init__("mse_loss", attrs={"reduction": _reduction("MSELoss", reduction)}, name=name)
 
 
 class CrossEntropyLoss(Operator):
-    """torch.nn.CrossEntropyLoss over logits [N, C, ...] and integer class targets [N, ...]."""
+    """torch.nn.CrossEntropyLoss over logits [C], [N, C] or [N, C, d1, ...].
+
+    The target holds class indices (int, the logits' shape without the class axis) or class
+    probabilities (float, the logits' shape); as in torch, its rank tells which. Where ml.compile
+    is not given the target's shape, its kind decides: a float target (produced by a float layer)
+    holds probabilities, any other target indices. `weight` and `label_smoothing` apply to both
+    forms, `ignore_index` to indices only; the target gets no gradient.
+    """
 
     def __init__(
         self,
@@ -630,26 +599,20 @@ class CrossEntropyLoss(Operator):
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
         weights = None if weight is None else tuple(float(w) for w in weight)
-        template: dict[str, list[str | int | None]] = {
-            "input": ["N", "C", "...d"] if weights is None else ["N", len(weights), "...d"],
-            "target": ["N", "...d"],
-            "output": ["N", "...d"] if red == "none" else [],
+        attrs = {
+            "weight": weights,
+            "ignore_index": int(ignore_index),
+            "reduction": red,
+            "label_smoothing": float(label_smoothing),
         }
-        super().__init__(
-            "cross_entropy",
-            {"input": DATA, "target": KeySpec(kind="int")},
-            template,
-            attrs={
-                "weight": weights,
-                "ignore_index": int(ignore_index),
-                "reduction": red,
-                "label_smoothing": float(label_smoothing),
-            },
-            name=name,
-        )
+        super().__init__("cross_entropy", {"input": DATA, "target": KeySpec(kind="any")}, attrs=attrs, name=name)
 
 
 class Identity(_Unary):
     """Returns its input."""
 
     primitive_name = "identity"
+
+
+Relu = ReLU  # the quick start's spelling
+LeakyRelu = LeakyReLU

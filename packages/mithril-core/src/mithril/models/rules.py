@@ -10,10 +10,12 @@ from ..shapes import Dim, Item, Shape, ShapeMismatch, Var, render, resolve, unif
 
 __all__ = [
     "broadcast",
+    "broadcast3",
     "matmul",
     "reduce",
     "transpose",
     "reshape",
+    "swapaxes",
     "flatten",
     "flatten_span",
     "normalize_axes",
@@ -96,6 +98,14 @@ def broadcast(shapes: Shapes, attrs: Attrs) -> bool:
         return False
     unify(shapes["output"].items, [*head, *suffix[:cut], *tail])
     return True
+
+
+def broadcast3(shapes: Shapes, attrs: Attrs) -> bool:
+    """`where`: condition, left and right broadcast together."""
+    pair = Shape([Var()])
+    if not broadcast({"left": shapes["condition"], "right": shapes["left"], "output": pair}, attrs):
+        return False
+    return broadcast({"left": pair, "right": shapes["right"], "output": shapes["output"]}, attrs)
 
 
 def matmul(shapes: Shapes, attrs: Attrs) -> bool:
@@ -184,6 +194,27 @@ def transpose(shapes: Shapes, attrs: Attrs) -> bool:
     return True
 
 
+def swapaxes(shapes: Shapes, attrs: Attrs) -> bool:
+    """Exchange axes `axis0` and `axis1` (negative axes count from the end, so any rank works)."""
+    a = resolve(shapes["input"].items)
+    i, j = attrs["axis0"], attrs["axis1"]
+    iv = _has_var(a)
+    if iv >= 0:
+        suffix = a[iv + 1 :]
+        if not (-len(suffix) <= i < 0 and -len(suffix) <= j < 0):
+            return False
+        swapped = list(suffix)
+        swapped[i], swapped[j] = swapped[j], swapped[i]
+        unify(shapes["output"].items, [*a[: iv + 1], *swapped])
+        return True
+    rank = len(a)
+    axes = normalize_axes((i,), rank) + normalize_axes((j,), rank)
+    swapped = list(a)
+    swapped[axes[0]], swapped[axes[1]] = swapped[axes[1]], swapped[axes[0]]
+    unify(shapes["output"].items, swapped)
+    return True
+
+
 def reshape(shapes: Shapes, attrs: Attrs) -> bool:
     """Reshape to `shape`; one entry may be -1 and is inferred once the input size is known."""
     target: tuple[int, ...] = attrs["shape"]
@@ -246,26 +277,28 @@ def window_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int
 
 
 def sliding_window(shapes: Shapes, attrs: Attrs) -> bool:
-    """Spatial output size of convolution and pooling over the last two axes of `input`."""
+    """Spatial output sizes of N-d convolution and pooling over the last n = len(stride) axes of `input`."""
+    n = len(attrs["stride"])
     x = resolve(shapes["input"].items)
     out = resolve(shapes["output"].items)
-    if _has_var(x) >= 0 or _has_var(out) >= 0 or len(x) < 2:
+    if _has_var(x) >= 0 or _has_var(out) >= 0 or len(x) < n:
         return False
-    kernel = attrs["kernel_size"]
+    kernel = tuple(attrs["kernel_size"])
+    dilation = attrs.get("dilation") or (1,) * n
     if "weight" in shapes:
         w = resolve(shapes["weight"].items)
-        kernel = (_value(w[-2]), _value(w[-1]))
+        kernel = tuple(_value(d) for d in w[-n:])
     done = True
-    for axis, dim in enumerate(x[-2:]):
+    for axis, dim in enumerate(x[-n:]):
         size = _value(dim)
         if size is None or kernel[axis] is None:
             done = False
             continue
         padded = size + 2 * attrs["padding"][axis]
-        reach = attrs["dilation"][axis] * (kernel[axis] - 1) + 1
+        reach = dilation[axis] * (kernel[axis] - 1) + 1
         if reach > padded:
             raise ShapeMismatch(
-                f"kernel reach {reach} (kernel_size {kernel[axis]}, dilation {attrs['dilation'][axis]}) is larger "
+                f"kernel reach {reach} (kernel_size {kernel[axis]}, dilation {dilation[axis]}) is larger "
                 f"than the padded input size {padded} on spatial axis {axis}"
             )
         value = window_out_size(
@@ -273,10 +306,10 @@ def sliding_window(shapes: Shapes, attrs: Attrs) -> bool:
             kernel[axis],
             attrs["stride"][axis],
             attrs["padding"][axis],
-            attrs["dilation"][axis],
+            dilation[axis],
             attrs.get("ceil_mode", False),
         )
-        unify([out[len(out) - 2 + axis]], [Dim(value)])
+        unify([out[len(out) - n + axis]], [Dim(value)])
     return done
 
 

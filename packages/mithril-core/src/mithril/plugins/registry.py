@@ -11,6 +11,7 @@ import os
 import threading
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,7 +20,7 @@ import pluggy
 from ..errors import BackendNotFoundError
 from . import hookspecs
 
-__all__ = ["BackendInfo", "Registry", "registry", "FIRST_PARTY"]
+__all__ = ["BackendInfo", "Registry", "registry", "FIRST_PARTY", "install_command"]
 
 ENTRY_POINT_GROUP = "mithril.backends"
 DISABLE_ENV = "MITHRIL_DISABLE_PLUGIN_AUTOLOAD"
@@ -32,6 +33,58 @@ FIRST_PARTY = {
     "JaxBackend": ("jax", "mithril-jax", "jax"),
     "GGMLBackend": ("ggml", "mithril-ggml", "ggml"),
 }
+
+
+CORE_DISTRIBUTION = "mithril"
+
+
+def _local_core_directory() -> tuple[Path, bool] | None:
+    """The directory the core was installed from, and whether editably (PEP 610 direct_url.json),
+    or None when it came from an index, an archive, or is not installed as a distribution."""
+    import json  # only when an error message needs it: `import mithril` stays light
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    try:
+        text = metadata.distribution(CORE_DISTRIBUTION).read_text("direct_url.json")
+        record = json.loads(text) if text else None
+    except (metadata.PackageNotFoundError, OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "dir_info" not in record:
+        return None
+    url = urlparse(str(record.get("url", "")))
+    if url.scheme != "file":
+        return None
+    editable = bool((record.get("dir_info") or {}).get("editable", False))
+    return Path(url2pathname(url.path)), editable
+
+
+def _core_version() -> str:
+    try:
+        return metadata.version(CORE_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+def install_command(distribution: str, extra: str) -> str:
+    """The pip command that installs the first-party plugin `distribution` for this core.
+
+    A core installed from a checkout (`pip install [-e] <repo>/packages/mithril-core`) gets the
+    plugin's directory beside it, installed the same way. Otherwise the core's extra, pinned to
+    this core's version or later: a bare `mithril[extra]` may resolve to the unrelated `mithril`
+    0.1.x on PyPI and replace this core.
+    """
+    import shlex
+
+    local = _local_core_directory()
+    if local is not None:
+        core_dir, editable = local
+        plugin_dir = core_dir.parent / distribution
+        if (plugin_dir / "pyproject.toml").is_file():
+            return f"pip install {'-e ' if editable else ''}{shlex.quote(str(plugin_dir))}"
+    return f'pip install "{CORE_DISTRIBUTION}[{extra}]>={_core_version()}"'
 
 
 @dataclass
@@ -151,7 +204,7 @@ class Registry:
             elif os.environ.get(ALLOW_ENV):
                 why = f"{ALLOW_ENV}={os.environ[ALLOW_ENV]!r} does not allow the {hint[0]!r} plugin"
             else:
-                why = f'its plugin is not installed: pip install "mithril[{hint[2]}]" (package {hint[1]})'
+                why = f"its plugin is not installed: {install_command(hint[1], hint[2])} (package {hint[1]})"
             return BackendNotFoundError(f"backend {name!r} is not available: {why}; installed: {known}")
         return BackendNotFoundError(f"no backend named {name!r}; installed backends: {known}")
 
