@@ -1,4 +1,4 @@
-"""Train the quick start CNN with CrossEntropyLoss on a synthetic image task, on any backend.
+"""Train the quick start CNN with ml.Trainer on a synthetic image task, on any backend.
 
 Each 3x16x16 image holds noise plus a bright 4x4 patch at one of ten positions;
 the class is the position. Run: python examples/train_cnn.py --backend numpy
@@ -12,8 +12,7 @@ import time
 import numpy as np
 
 import mithril as ml
-from mithril.models import CrossEntropyLoss, Model
-from mithril.testing.models import quickstart_cnn
+from mithril.models import BatchNorm2d, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, Model, Relu
 
 POSITIONS = [(r, c) for r in (0, 4, 8, 12) for c in (0, 6, 12)][:10]
 
@@ -28,49 +27,46 @@ def make_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     return images.astype(np.float32), labels
 
 
-def training_model() -> Model:
-    """The CNN followed by its loss; outputs 'loss' and 'logits'."""
+def cnn() -> Model:
+    """The quick start's CNN: two Conv2d-BatchNorm2d-ReLU-MaxPool2d blocks, then two Linear layers."""
     model = Model()
-    model |= quickstart_cnn()(input="input", output="logits")
-    model |= CrossEntropyLoss()(input="logits", target="target", output="loss")
+    model |= Conv2d(in_channels=3, out_channels=16, kernel_size=3, padding=1)(input="input", output="conv1")
+    model += BatchNorm2d(num_features=16)(input="conv1", output="bn1")
+    model += Relu()(input="bn1", output="relu1")
+    model += MaxPool2d(kernel_size=2)(input="relu1", output="pool1")
+    model += Conv2d(in_channels=16, out_channels=32, kernel_size=3, padding=1)(input="pool1", output="conv2")
+    model += BatchNorm2d(num_features=32)(input="conv2", output="bn2")
+    model += Relu()(input="bn2", output="relu2")
+    model += MaxPool2d(kernel_size=2)(input="relu2", output="pool2")
+    model += Flatten()(input="pool2", output="flat")
+    model += Linear(dimension=128)(input="flat", output="fc1")
+    model += Relu()(input="fc1", output="relu3")
+    model += Linear(dimension=10)(input="relu3", output="output")
     return model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", default="numpy", help="numpy, torch, jax, ... (any installed backend)")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
 
     backend = ml.backend(args.backend, dtype=ml.float32)
-    backend.set_seed(0)
-    rng = np.random.default_rng(0)
-    batch = 32
-    train = ml.compile(training_model(), backend, shapes={"input": [batch, 3, 16, 16]}, outputs=["loss", "logits"])
-    infer = ml.compile(
-        training_model(), backend, shapes={"input": [256, 3, 16, 16]}, outputs=["logits"], inference=True
-    )
-    params = train.randomize_params()
-    test_x, test_y = make_data(256, np.random.default_rng(1))
-
-    def accuracy() -> float:
-        infer.state = train.state if train.state is not None else infer.initial_state()
-        logits = backend.to_numpy(infer.evaluate(params, {"input": backend.array(test_x)})["logits"])
-        return float((logits.argmax(axis=1) == test_y).mean())
-
-    print(f"backend {backend!r}; chance accuracy 0.10; before training {accuracy():.2f}")
-    one = backend.ones()
+    trainer = ml.Trainer(
+        cnn(), backend, loss=CrossEntropyLoss(), optimizer=ml.optim.Adam(lr=args.lr), metrics=["accuracy"],
+        shapes={"input": [None, 3, 16, 16]},
+    )  # fmt: skip
+    state = trainer.init(seed=0)
+    train = make_data(args.samples, np.random.default_rng(0))
+    test = make_data(256, np.random.default_rng(1))
+    print(f"backend {backend!r}; chance accuracy 0.10; before training {trainer.evaluate(state, test)['accuracy']:.2f}")
     start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        x, y = make_data(batch, rng)
-        inputs = {"input": backend.array(x), "target": backend.array(y)}
-        outputs, grads = train.evaluate(params, inputs, {"loss": one})
-        params = {k: params[k] - args.lr * grads[k] for k in params}
-        if step % 25 == 0:
-            loss = float(backend.to_numpy(outputs["loss"]))
-            print(f"step {step:4d}  loss {loss:.3f}  test accuracy {accuracy():.2f}")
-    print(f"{args.steps} steps in {time.perf_counter() - start:.1f} s; final test accuracy {accuracy():.2f}")
+    state, history = trainer.fit(state, train, epochs=args.epochs, batch_size=32, validation_data=test)
+    for epoch, (loss, accuracy) in enumerate(zip(history["loss"], history["val_accuracy"]), 1):
+        print(f"epoch {epoch}  loss {loss:.3f}  test accuracy {accuracy:.2f}")
+    print(f"{state.step} steps in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":
