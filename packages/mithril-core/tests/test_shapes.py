@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import mithril as ml
 from mithril.models import Add, Flatten, Linear, MatMul, Model, Relu, Reshape, Sum, Tanh, Transpose
-from mithril.shapes import Dim, ShapeMismatch, Transaction, Var, render, unify
+from mithril.shapes import Dim, Shape, ShapeMismatch, Transaction, Var, copy_shapes, render, unify
 
 
 def test_unify_variadic_against_fixed() -> None:
@@ -134,3 +134,97 @@ def test_tied_weight_mismatch_errors_at_plus_equal(a: int, b: int, c: int) -> No
     else:
         model += Linear(c)(input="k", weight="w")
         assert model.shapes["output"] == ("...", c)
+
+
+# -- a shape fixing leading dims against one fixing trailing dims (issue 13) --------------------
+def test_prefix_and_suffix_fixed_shapes_may_overlap() -> None:
+    """[N, C, ...] against [..., 3]: at rank 2 the two fixed parts are the same dims."""
+    n, c, va, vb = Dim(), Dim(), Var(), Var()
+    with Transaction() as tx:
+        unify([n, c, vb], [va, Dim(3)])
+        tx.propagate()
+        assert vb.binding is None and va.binding is None  # nothing follows until the rank is known
+        unify([va, Dim(3)], [Dim(4), Dim(3)])
+        tx.propagate()
+    assert render([n, c, vb]) == "[4, 3]" and c.find().value == 3
+
+
+def test_prefix_and_suffix_fixed_shapes_at_higher_rank() -> None:
+    n, c, va, vb = Dim(), Dim(), Var(), Var()
+    with Transaction() as tx:
+        unify([n, c, vb], [va, Dim(7)])
+        unify([n, c, vb], [Dim(4), Dim(3), Dim(5), Dim(7)])
+        tx.propagate()
+    assert render([va, Dim(7)]) == "[4, 3, 5, 7]"
+
+
+def test_deferred_link_reports_a_mismatch_once_the_rank_is_known() -> None:
+    n, va, vb = Dim(), Var(), Var()
+    with pytest.raises(ShapeMismatch, match="linked earlier"), Transaction() as tx:
+        unify([n, Dim(4), vb], [va, Dim(3)])
+        tx.propagate()
+        unify([va], [Dim(2)])
+        tx.propagate()
+
+
+def test_deferred_link_waits_through_partial_bindings() -> None:
+    """Binding a variadic to dims around another variadic defers again; the link is kept."""
+    n, c, va, vb, vc = Dim(), Dim(), Var(), Var(), Var()
+    with Transaction() as tx:
+        unify([n, c, vb], [va, Dim(3)])
+        unify([va], [Dim(6), vc])
+        tx.propagate()
+        assert n.find().value == 6 and vb.binding is None
+        unify([vc], [])
+        tx.propagate()
+    assert render([n, c, vb]) == "[6, 3]"
+
+
+def test_copy_shapes_keeps_deferred_links() -> None:
+    """Compile-time copies keep the pending link (and follow it to dims no copied shape holds)."""
+    n, c, va, vb = Dim(), Dim(), Var(), Var()
+    target, logits = Shape([n, vb]), Shape([va, Dim(3)])
+    with Transaction() as tx:
+        unify([n, c, vb], logits.items)
+        tx.propagate()
+    target_copy, logits_copy = copy_shapes([target, logits])
+    with Transaction() as tx:
+        unify(logits_copy.items, [Dim(8), Dim(3)])
+        tx.propagate()
+    assert render(target_copy.items) == "[8]"
+    assert render(target.items) != "[8]" and va.binding is None  # the originals are untouched
+
+
+def _fits(pre: list[int | None], suf: list[int | None], sizes: list[int]) -> bool:
+    if len(sizes) < len(pre) + len(suf):
+        return False
+    tail = sizes[len(sizes) - len(suf) :]
+    return all(p in (None, s) for p, s in zip(pre, sizes)) and all(p in (None, s) for p, s in zip(suf, tail))
+
+
+FIXED = st.lists(st.one_of(st.none(), st.integers(1, 3)), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(FIXED, FIXED, FIXED, FIXED, st.lists(st.integers(1, 3), max_size=6))
+def test_two_variadic_shapes_accept_exactly_the_shapes_both_fit(
+    pre_a: list[int | None], suf_a: list[int | None], pre_b: list[int | None], suf_b: list[int | None], sizes: list[int]
+) -> None:
+    """unify never concludes more than the two templates say: a concrete shape fits after unify iff it fits both."""
+
+    def template(pre: list[int | None], suf: list[int | None]) -> list[Dim | Var]:
+        return [*(Dim(v) for v in pre), Var(), *(Dim(v) for v in suf)]
+
+    a, b = template(pre_a, suf_a), template(pre_b, suf_b)
+    expected = _fits(pre_a, suf_a, sizes) and _fits(pre_b, suf_b, sizes)
+    try:
+        with Transaction() as tx:
+            unify(a, b)
+            tx.propagate()
+            unify(a, [Dim(s) for s in sizes])
+            tx.propagate()
+    except ShapeMismatch:
+        assert not expected
+    else:
+        assert expected
+        assert render(b) == render(a) == str(sizes)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from ..models import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Model, Relu
+from ..models import (
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv1d,
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool1d,
+    MaxPool2d,
+    Model,
+    ReLU,
+    Relu,
+)
 
-__all__ = ["quickstart_mlp", "quickstart_cnn"]
+__all__ = ["quickstart_mlp", "quickstart_cnn", "quickstart_cnn1d"]
 
 
 def quickstart_mlp() -> Model:
@@ -31,4 +43,18 @@ def quickstart_cnn() -> Model:
     cnn += Linear(dimension=128)(input="flat", output="fc1")
     cnn += Relu()(input="fc1", output="relu3")
     cnn += Linear(dimension=10)(input="relu3", output="output")
+    return cnn
+
+
+def quickstart_cnn1d(in_channels: int = 4, channels: int = 16, classes: int = 10) -> Model:
+    """A 1-D CNN over [N, in_channels, L]: Conv1d(k=5, padding=2), BatchNorm1d, ReLU, MaxPool1d(2), Flatten, Linear."""
+    cnn = Model()
+    cnn |= Conv1d(in_channels=in_channels, out_channels=channels, kernel_size=5, padding=2)(
+        input="input", output="conv"
+    )
+    cnn += BatchNorm1d(num_features=channels)(input="conv", output="bn")
+    cnn += ReLU()(input="bn", output="relu")
+    cnn += MaxPool1d(kernel_size=2)(input="relu", output="pool")
+    cnn += Flatten()(input="pool", output="flat")
+    cnn += Linear(dimension=classes)(input="flat", output="output")
     return cnn
