@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import copy as copy_module
+import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 import mithril as ml
 from mithril.models import Linear, Model
-from mithril.testing import CASES, Case, finite_difference
+from mithril.primitives import joint_graph
+from mithril.testing import CASES, PRIMITIVE_CASES, Case, finite_difference
 from mithril.testing.models import quickstart_mlp
+from mithril_numpy import lowering
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -167,8 +174,59 @@ def test_generated_code_is_readable_and_written_to_file(tmp_path) -> None:  # ty
     path = tmp_path / "mlp.py"
     compiled = ml.compile(quickstart_mlp(), ml.NumpyBackend(), shapes={"input": [32, 20]}, file_path=str(path))
     assert "def forward(params, inputs):" in compiled.code
-    assert "linear_0_output = input @ linear_0_weight.T + linear_0_bias" in compiled.code
+    # ReLU's gradient reads its own output, so the linear layer's output is used once and inlined
+    assert "relu_0_output = np.maximum((input @ linear_0_weight.T + linear_0_bias), 0)" in compiled.code
     assert path.read_text() == compiled.code
+    assert "def forward_backward(params, inputs, output_gradients):" in path.read_text()  # written at compile
+
+
+def test_gradients_are_generated_once_at_the_first_gradient_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ml.compile and forward calls build no backward pass; 8 threads asking at once build it exactly once."""
+    builds = []
+    monkeypatch.setattr(lowering, "joint_graph", lambda *args: builds.append(args) or joint_graph(*args))
+    backend = ml.NumpyBackend(dtype=ml.float64)
+    compiled = ml.compile(quickstart_mlp(), backend, shapes={"input": [4, 20]})
+    params = compiled.randomize_params(seed=0)
+    x = {"input": backend.randn(4, 20)}
+    out = compiled.evaluate(params, x)["output"]
+    assert not builds
+    seeds = {"output": np.ones_like(out)}
+    start = threading.Barrier(8)
+
+    def call(_: int) -> dict[str, np.ndarray]:
+        start.wait()
+        return compiled.evaluate(params, x, seeds)[1]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(8)))
+    assert len(builds) == 1
+    for grads in results[1:]:
+        assert all(np.array_equal(grads[k], results[0][k]) for k in params)
+    assert "def forward_backward(params, inputs, output_gradients):" in compiled.code
+    assert len(builds) == 1
+
+
+def test_code_shows_gradients_before_any_gradient_call_and_copies_still_work() -> None:
+    """`code` shows the whole source before any gradient call; the compiled model still pickles and deep-copies."""
+    backend = ml.NumpyBackend(dtype=ml.float64)
+    compiled = ml.compile(quickstart_mlp(), backend, shapes={"input": [4, 20]})
+    assert "def forward_backward(params, inputs, output_gradients):" in compiled.code
+    params = compiled.randomize_params(seed=0)
+    x = {"input": backend.randn(4, 20)}
+    seeds = {"output": backend.ones(4, 10)}
+    expected = compiled.evaluate(params, x, seeds)[1]
+    for copy in (pickle.loads(pickle.dumps(compiled)), copy_module.deepcopy(compiled)):
+        grads = copy.evaluate(params, x, seeds)[1]
+        assert all(np.array_equal(grads[k], expected[k]) for k in params)
+
+
+def test_a_model_without_a_gradient_rule_is_refused_at_compile() -> None:
+    """The backward pass is built at the first gradient call, but what it could not build is refused at compile."""
+    case = next(c for c in PRIMITIVE_CASES if c.primitive == "avg_pool_grad")
+    backend = ml.NumpyBackend(dtype=ml.float64)
+    with pytest.raises(ml.UnsupportedError, match=r"primitive 'avg_pool_grad' \(used by 'operator'\) has no gradient"):
+        ml.compile(case.build(), backend, shapes=case.shapes, trainable_keys=["input"])
+    ml.compile(case.build(), backend, shapes=case.shapes, trainable_keys=["input"], inference=True)
 
 
 def test_gradients_for_a_subset_of_outputs() -> None:
@@ -206,3 +264,19 @@ def test_dropout_training_and_inference() -> None:
     assert dense.shape == (2, 50)
     with pytest.raises(ml.KeyNotFoundError, match="'dropout_0.mask'"):
         ml.compile(model, backend, shapes={"input": [2, 40]}, inference=True, outputs=["dropout_0.mask"])
+
+
+def test_static_inference_matches_a_normal_compile_and_options_are_checked() -> None:
+    backend = ml.NumpyBackend()
+    static = ml.compile(quickstart_mlp(), backend, shapes={"input": [3, 20]}, static_inference=True)
+    normal = ml.compile(quickstart_mlp(), backend, shapes={"input": [3, 20]})
+    params, x = normal.randomize_params(seed=0), {"input": backend.randn(3, 20)}
+    np.testing.assert_array_equal(static.evaluate(params, x)["output"], normal.evaluate(params, x)["output"])
+    with pytest.raises(ml.UnsupportedError, match="inference only"):
+        static.evaluate(params, x, {"output": backend.ones(3, 10)})
+    unshaped = ml.compile(quickstart_mlp(), backend, static_inference=True)  # the quick start's deployment form
+    assert unshaped.options.inference
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['fuse'\] for backend 'numpy'"):
+        ml.compile(quickstart_mlp(), backend, fuse=True)
+    with pytest.raises(TypeError, match=r"option 'static_inference' must be bool, got 'yes' \(str\)"):
+        ml.compile(quickstart_mlp(), backend, static_inference="yes")

@@ -36,6 +36,4 @@ class NumpyBackend(HostArrays, Backend):
 
     # -- lowering ----------------------------------------------------------------------
     def lower(self, graph: Graph, options: CompileOptions) -> NumpyProgram:
-        if options.extra:
-            raise TypeError(f"ml.compile: unknown option(s) {sorted(options.extra)} for backend 'numpy'")
         return NumpyProgram(self, graph, options)
