@@ -12,7 +12,7 @@ from torch_devices import DEVICES
 
 import mithril as ml
 from mithril.models import Linear, Model, Relu
-from mithril_numpy.ops import OPS as NUMPY_OPS
+from mithril.primitives import CORE_SET, PRIMITIVES, get
 from mithril_torch.ops import OPS as TORCH_OPS
 
 
@@ -33,9 +33,25 @@ def test_entry_point_does_not_import_torch() -> None:
     assert out.stdout.strip() == "mithril-torch"
 
 
-def test_torch_lowers_every_numpy_primitive() -> None:
-    """The conformance kit accepts a refusal; torch promises none, so its op table covers the reference's."""
-    assert not set(NUMPY_OPS) - set(TORCH_OPS), sorted(set(NUMPY_OPS) - set(TORCH_OPS))
+def backward_only(name: str) -> bool:
+    """A gradient form: a core primitive with a differentiable input but no gradient rule (backward graphs only)."""
+    decl = get(name)
+    return decl.core and decl.vjp is None and any(decl.differentiable(port.name) for port in decl.inputs)
+
+
+def test_torch_lowers_every_forward_core_primitive_and_runs_every_declared_one() -> None:
+    """The kit accepts a refusal; torch promises none. Autograd differentiates, so gradient forms are not needed."""
+    assert {p for p in PRIMITIVES if backward_only(p)} == {
+        "conv_input_grad",
+        "conv_weight_grad",
+        "max_pool_grad",
+        "avg_pool_grad",
+        "embedding_grad",
+    }
+    forward = {p for p in CORE_SET if not backward_only(p)}
+    assert forward <= set(TORCH_OPS), sorted(forward - set(TORCH_OPS))
+    backend = ml.TorchBackend()
+    assert not [p for p in PRIMITIVES if not backward_only(p) and not backend.supports(p)]
 
 
 def test_unknown_device_lists_available_ones() -> None:
@@ -46,7 +62,8 @@ def test_unknown_device_lists_available_ones() -> None:
 
 
 def test_unknown_option_is_rejected_with_valid_ones() -> None:
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['quantize'\]; valid options are \['dtype', 'device'\]"):
+    valid = r"valid options are \['dtype', 'device', 'device_mesh'\]"
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['quantize'\]; " + valid):
         ml.TorchBackend(quantize="int8")
 
 
@@ -137,8 +154,7 @@ def test_inference_builds_forward_only() -> None:
 
 def test_generated_code_calls_torch_directly() -> None:
     compiled = ml.compile(mlp(), ml.TorchBackend(), shapes={"input": [5, 4]})
-    assert "F.linear(input, linear_0_weight, linear_0_bias)" in compiled.code
-    assert "torch.relu(linear_0_output)" in compiled.code
+    assert "torch.relu((F.linear(input, linear_0_weight, linear_0_bias)))" in compiled.code
 
 
 def test_jit_wraps_ops_in_torch_compile_and_matches_eager() -> None:
@@ -225,3 +241,19 @@ def test_to_numpy_handles_bfloat16_grad_and_device(device: str) -> None:
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.tolist() == [[2.0] * 3] * 2
     f32 = ml.TorchBackend(device=device)
     assert f32.to_numpy(f32.ones(2)).dtype == np.float32
+
+
+def test_static_inference_matches_a_normal_compile_and_options_are_checked() -> None:
+    backend = ml.TorchBackend()
+    static = ml.compile(mlp(), backend, shapes={"input": [2, 4]}, static_inference=True)
+    normal = ml.compile(mlp(), backend, shapes={"input": [2, 4]})
+    params, x = normal.randomize_params(seed=0), {"input": backend.randn(2, 4)}
+    torch.testing.assert_close(static.evaluate(params, x)["output"], normal.evaluate(params, x)["output"])
+    with pytest.raises(ml.UnsupportedError, match="inference only"):
+        static.evaluate(params, x, {"output": backend.ones(2, 3)})
+    unshaped = ml.compile(mlp(), backend, static_inference=True)  # the quick start's deployment form
+    assert unshaped.options.inference
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['fuse'\] for backend 'torch'; valid options are"):
+        ml.compile(mlp(), backend, fuse=True)
+    with pytest.raises(TypeError, match=r"option 'compile_options' must be dict\[str, Any\], got 'eager' \(str\)"):
+        ml.compile(mlp(), backend, jit=True, compile_options="eager")

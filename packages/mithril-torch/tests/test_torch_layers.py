@@ -147,7 +147,7 @@ def test_generated_code_calls_torch_and_frees_intermediates() -> None:
     compiled = ml.compile(quickstart_cnn(), ml.TorchBackend(), shapes={"input": [2, 3, 8, 8]})
     code = compiled.code
     assert "F.conv2d(input, conv2d_0_weight, conv2d_0_bias, (1, 1), (1, 1), (1, 1), 1)" in code
-    assert "F.max_pool2d(relu1, (2, 2), (2, 2), (0, 0), (1, 1), False)" in code
+    assert "F.max_pool2d((torch.relu(bn1)), (2, 2), (2, 2), (0, 0), (1, 1), False)" in code
     assert "del conv1" in code and "del output" not in code
 
 

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 import mithril as ml
-from mithril.backend import Backend, CompileOptions
+from mithril.backend import Backend, BackendOptions, CompileOptions, Precision
 from mithril.dtypes import DType, as_dtype
 from mithril.graph import Graph
 
+from .foreach import TorchForeach
 from .lowering import TorchProgram
 from .ops import OPS
 
-__all__ = ["TorchBackend"]
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
+__all__ = ["TorchBackend", "TorchCompileOptions"]
 
 _NATIVE = {
     ml.float16: torch.float16,
@@ -28,7 +33,24 @@ _NATIVE = {
     ml.bool: torch.bool,
 }
 _CORE = {v: k for k, v in _NATIVE.items()}
-_COMPILE_OPTIONS = ("compile_options",)
+
+
+@dataclass(frozen=True)
+class TorchCompileOptions(BackendOptions):
+    """`ml.compile` keywords of the torch backend.
+
+    compile_options: keyword arguments for `torch.compile` (needs jit=True). precision: how
+    float32 matmuls and convolutions run on CUDA: "highest" (the default) in full float32, "high"
+    with TF32 kernels (faster on Ampere and later GPUs, about 10 mantissa bits), "default" as
+    torch's own flags say (cuDNN convolutions TF32, cuBLAS matmuls not). The flags are set for
+    each call of the compiled model and restored after it (see `mithril_torch.precision`).
+    shardings: key -> tuple of mesh axis names or None per dimension (a backend with a device
+    mesh only; see `mithril_torch.distributed`).
+    """
+
+    compile_options: dict[str, Any] = field(default_factory=dict)
+    precision: Precision = "highest"
+    shardings: Mapping[str, Any] | None = None
 
 
 def available_devices() -> list[str]:
@@ -51,16 +73,29 @@ class TorchBackend(Backend):
     traces and compiles them, which takes seconds (Inductor builds C++/Triton kernels);
     later calls run the compiled code. `compile_options={...}` passes keyword arguments
     to `torch.compile` (e.g. {"mode": "reduce-overhead"} or {"backend": "aot_eager"}).
+    device_mesh: (n,) or {"data": n, "model": m}, inside a torch.distributed job (torchrun, one
+    device per process): arrays become DTensors on that mesh, shapes given to ml.compile are
+    global, inputs are split over the first axis and gradients all-reduced (see
+    `mithril_torch.distributed` and docs/user-guide/distributed.md).
     """
 
     name = "torch"
     supported_dtypes = (ml.float16, ml.bfloat16, ml.float32, ml.float64)
     supports_gradients = True
+    native_autodiff = True
     supports_jit = True
     default_jit = False
+    compile_options_type = TorchCompileOptions
+    array_type = "torch.Tensor"
     ops = OPS
 
-    def __init__(self, dtype: DType | str = ml.float32, device: str = "cpu", **options: Any) -> None:
+    def __init__(
+        self,
+        dtype: DType | str = ml.float32,
+        device: str = "cpu",
+        device_mesh: Sequence[int] | Mapping[str, int] | None = None,
+        **options: Any,
+    ) -> None:
         self.reject_unknown(options)
         if not isinstance(device, str):
             raise TypeError(f"TorchBackend: device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
@@ -72,6 +107,33 @@ class TorchBackend(Backend):
         self._native = _NATIVE[self.dtype]
         self.generator = torch.Generator(device=self._device)
         self.generator.seed()
+        self.mesh: DeviceMesh | None = None
+        if device_mesh is not None:
+            # imported here: torch.distributed.tensor takes seconds to import, and only a mesh needs it
+            from .distributed import make_mesh, synced_seed  # noqa: PLC0415
+
+            self.mesh = make_mesh(device_mesh, self._device.type)
+            # every rank draws the same replicated parameters: rank 0's seed for all
+            self.generator.manual_seed(synced_seed(self.generator.initial_seed(), self.mesh, self._device))
+
+    def __repr__(self) -> str:
+        mesh = (
+            "" if self.mesh is None else f", device_mesh={dict(zip(self.mesh.mesh_dim_names or (), self.mesh.shape))}"
+        )
+        return f"TorchBackend(dtype={self.dtype!r}, device={self.device!r}{mesh})"
+
+    def _on_mesh(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` replicated over the mesh (the same values on every rank); as is without a mesh."""
+        if self.mesh is None:
+            return tensor
+        from .distributed import replicated  # noqa: PLC0415
+
+        return replicated(tensor, self.mesh)
+
+    @property
+    def device_type(self) -> str:
+        """The torch device type: "cpu", "cuda" or "mps"."""
+        return self._device.type
 
     # -- dtypes ----------------------------------------------------------------------
     def native_dtype(self, dtype: DType) -> torch.dtype:
@@ -105,7 +167,8 @@ class TorchBackend(Backend):
         """A tensor on the backend device; floating data takes the backend dtype unless `dtype` says otherwise.
 
         Accepts tensors, NumPy arrays, nested lists and anything with __dlpack__; memory
-        is shared (no copy) where dtype and device already match.
+        is shared (no copy) where dtype and device already match. On a device mesh, `data` is the
+        global array (the same on every rank), replicated; a compiled call splits it as its key says.
         """
         if isinstance(data, torch.Tensor):
             tensor = data
@@ -113,17 +176,25 @@ class TorchBackend(Backend):
             tensor = _from_numpy(np.asarray(data))
         else:
             tensor = torch.from_dlpack(data)
+        if self.mesh is not None and hasattr(tensor, "placements"):  # a DTensor already
+            target = self._dtype(dtype) if dtype is not None else self._native if tensor.is_floating_point() else None
+            return tensor if target is None or tensor.dtype == target else tensor.to(dtype=target)
         if dtype is not None:
-            return tensor.to(device=self._device, dtype=self._dtype(dtype))
+            return self._on_mesh(tensor.to(device=self._device, dtype=self._dtype(dtype)))
         if tensor.is_floating_point():
-            return tensor.to(device=self._device, dtype=self._native)
-        return tensor.to(device=self._device)
+            return self._on_mesh(tensor.to(device=self._device, dtype=self._native))
+        return self._on_mesh(tensor.to(device=self._device))
 
     def to_numpy(self, array: Any) -> np.ndarray:
-        """A NumPy array of the values (bfloat16 becomes float32; shares memory for CPU tensors)."""
+        """A NumPy array of the values (bfloat16 becomes float32; shares memory for CPU tensors).
+
+        A DTensor is gathered whole on every rank (a collective: every rank must call it).
+        """
         if not isinstance(array, torch.Tensor):
             return np.asarray(array)
         tensor = array.detach()
+        if hasattr(tensor, "full_tensor"):  # a DTensor
+            tensor = tensor.full_tensor()
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()
         return tensor.cpu().numpy()
@@ -131,17 +202,26 @@ class TorchBackend(Backend):
     def set_seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
+    def rng_state(self) -> np.ndarray:
+        """The generator's state (torch's byte tensor) as a uint8 NumPy array."""
+        return self.generator.get_state().numpy().copy()
+
+    def set_rng_state(self, state: Any) -> None:
+        self.generator.set_state(torch.from_numpy(np.array(state, np.uint8)))
+
     def randn(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
-        return torch.randn(shape, generator=self.generator, dtype=self._dtype(dtype), device=self._device)
+        return self._on_mesh(
+            torch.randn(shape, generator=self.generator, dtype=self._dtype(dtype), device=self._device)
+        )
 
     def rand(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
-        return torch.rand(shape, generator=self.generator, dtype=self._dtype(dtype), device=self._device)
+        return self._on_mesh(torch.rand(shape, generator=self.generator, dtype=self._dtype(dtype), device=self._device))
 
     def ones(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
-        return torch.ones(shape, dtype=self._dtype(dtype), device=self._device)
+        return self._on_mesh(torch.ones(shape, dtype=self._dtype(dtype), device=self._device))
 
     def zeros(self, *shape: int, dtype: DType | None = None) -> torch.Tensor:
-        return torch.zeros(shape, dtype=self._dtype(dtype), device=self._device)
+        return self._on_mesh(torch.zeros(shape, dtype=self._dtype(dtype), device=self._device))
 
     def mean(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdim: bool = False) -> torch.Tensor:
         return torch.mean(x, dim=_dims(x, axis), keepdim=keepdim)
@@ -179,21 +259,42 @@ class TorchBackend(Backend):
     def concat(self, arrays: Sequence[Any], axis: int = 0) -> torch.Tensor:
         return torch.cat(list(arrays), dim=axis)
 
+    def op_table(self) -> dict[str, Any]:
+        """The ops; on a device mesh, those whose DTensor rules would give wrong gradients written out in ops that
+        have right ones (F.mse_loss's backward divides by the local, not the global, element count)."""
+        table = super().op_table()
+        if self.mesh is not None:
+            from .distributed import MESH_OPS  # noqa: PLC0415
+
+            table.update(MESH_OPS)
+        return table
+
+    def foreach_ops(self) -> TorchForeach:
+        """ml.optim's list-wise math as torch._foreach_* kernels (one call per operation over all tensors).
+
+        On a device mesh, on each rank's local shards (`MeshForeach`).
+        """
+        if self.mesh is not None:
+            from .distributed import MeshForeach  # noqa: PLC0415
+
+            return MeshForeach(self.mesh)
+        return TorchForeach()
+
     # -- lowering ----------------------------------------------------------------------
     def lower(self, graph: Graph, options: CompileOptions) -> TorchProgram:
-        unknown = [k for k in options.extra if k not in _COMPILE_OPTIONS]
-        if unknown:
-            raise TypeError(
-                f"ml.compile: unknown option(s) {sorted(unknown)} for backend 'torch'; valid: {list(_COMPILE_OPTIONS)}"
-            )
-        compile_options = options.extra.get("compile_options", {})
-        if not isinstance(compile_options, dict):
-            raise TypeError(
-                f"ml.compile: compile_options must be a dict of torch.compile arguments, got {compile_options!r}"
-            )
-        if compile_options and not options.jit:
+        own = cast(TorchCompileOptions, options.backend)
+        if own.compile_options and not options.jit:
             raise TypeError("ml.compile: compile_options are torch.compile arguments and need jit=True")
-        return TorchProgram(self, graph, options, compile_options)
+        if own.shardings is not None and self.mesh is None:
+            raise ValueError(
+                "ml.compile: shardings= needs a backend with a device mesh, e.g. TorchBackend(device_mesh=(2,))"
+            )
+        if self.mesh is not None and options.jit:
+            raise ValueError(
+                f"ml.compile: jit=True (torch.compile) is not supported on a device mesh ({self!r}); "
+                "compile with jit=False"
+            )
+        return TorchProgram(self, graph, options, own.compile_options, own.precision, own.shardings)
 
 
 def _indexed(device: torch.device) -> torch.device:

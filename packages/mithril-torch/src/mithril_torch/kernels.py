@@ -1,20 +1,21 @@
 """Torch helpers for the ops that need more than one expression; the generated code calls them as `_k.<name>`.
 
-Gradients still come from torch autograd: every helper is built from differentiable
-torch calls, and the values it returns beside the main output (updated running
-statistics, the dropout mask) never require grad.
+Gradients still come from torch autograd: the helpers are built from differentiable torch
+calls, and the updated running statistics, masks and one-hot arrays they return never
+require grad.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["batch_norm", "dropout", "class_weight", "pool_any_rank"]
+from mithril.models.rules import normalize_axes
 
-Pair = tuple[int, int]
+__all__ = ["batch_norm", "dropout_mask", "class_weight", "one_hot", "expand_reduced"]
 
 _WEIGHTS: dict[tuple[tuple[float, ...], torch.dtype, torch.device], torch.Tensor] = {}
 
@@ -33,16 +34,14 @@ def batch_norm(
     return F.batch_norm(x, mean, var, weight, bias, True, momentum, eps), mean, var
 
 
-def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x * mask, mask) with a keep mask drawn from `generator` and scaled by 1/(1-p)."""
+def dropout_mask(like: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """A mask shaped like `like`, drawn from `generator`: 0 with probability p, else 1/(1-p)."""
     if p == 0.0:
-        mask = torch.ones_like(x)
-    elif p == 1.0:
-        mask = torch.zeros_like(x)
-    else:
-        keep = 1.0 - p
-        mask = torch.empty_like(x).bernoulli_(keep, generator=generator).div_(keep)
-    return x * mask, mask
+        return torch.ones_like(like)
+    if p == 1.0:
+        return torch.zeros_like(like)
+    keep = 1.0 - p
+    return torch.empty_like(like).bernoulli_(keep, generator=generator).div_(keep)
 
 
 def class_weight(weight: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
@@ -54,8 +53,18 @@ def class_weight(weight: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def pool_any_rank(fn: str, x: torch.Tensor, *args: object) -> torch.Tensor:
-    """F.<fn> (a 2-d pool) over the last two axes of an input of any rank >= 2 (torch takes rank 3 or 4 only)."""
-    lead: Sequence[int] = x.shape[:-2]
-    out = getattr(F, fn)(x.reshape(-1, *x.shape[-2:]), *args)
-    return out.reshape(*lead, *out.shape[-2:])
+def one_hot(indices: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """1.0 at each index along a new last axis; an index outside [0, num_classes) gives zeros (F.one_hot raises)."""
+    classes = torch.arange(num_classes, device=indices.device)
+    return (indices.unsqueeze(-1) == classes).to(dtype)
+
+
+def expand_reduced(g: torch.Tensor, like: torch.Tensor, axis: Any, keepdim: bool, scale: bool) -> torch.Tensor:
+    """Broadcast a reduction's result back over `like`; divided by the reduced count when `scale`."""
+    axes = normalize_axes(axis, like.ndim)
+    if not keepdim:
+        for a in axes:
+            g = g.unsqueeze(a)
+    if scale:
+        g = g / (math.prod(like.shape[a] for a in axes) or 1)
+    return g.expand(like.shape)

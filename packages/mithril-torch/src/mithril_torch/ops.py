@@ -1,8 +1,11 @@
-"""Forward implementations of the core primitives as direct torch calls.
+"""Forward implementations of the primitives torch lowers natively, as direct torch calls.
 
 Each entry is a template over input keys and attributes, or a function of the node
 that specialises on static shapes; add a primitive by adding one entry. Semantics
-follow the NumPy reference (mithril_numpy.ops); gradients come from torch autograd.
+follow the NumPy reference (mithril_numpy.ops); gradients come from torch autograd, so
+the gradient forms of the core set (conv_input_grad, ...) are not needed. Dropout is
+left to its decomposition (dropout_mask, then mul): its mask is an output, so a fused
+lowering would save nothing.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from mithril.backend import OpImpl
-from mithril.codegen import static_shape
+from mithril.codegen import CONSTANT, keyword_call, static_shape
 from mithril.graph import Node
 from mithril.models.rules import normalize_axes
 
-from . import kernels
+from . import indexing as _ix
+from . import kernels, windows
 
-__all__ = ["OPS", "NAMESPACE", "NON_DIFFERENTIABLE"]
+__all__ = ["OPS", "NAMESPACE", "FLOAT_DTYPE"]
+
+# The generated code's name for the backend's float dtype (the lowering puts it in the namespace).
+FLOAT_DTYPE = "_float_dtype"
 
 
 def linear(node: Node, a: Mapping[str, str]) -> str:
@@ -59,27 +66,45 @@ def transpose(node: Node, a: Mapping[str, str]) -> str:
     return f"torch.permute({x}, {tuple(range(len(shape) - 1, -1, -1))!r})"
 
 
-def keyword_call(fn: str, inputs: tuple[str, ...], attrs: tuple[str, ...]) -> OpImpl:
-    """A call of `fn` with every input (None when absent) positionally, then the named attributes."""
+def _rank(node: Node) -> int | None:
+    """The input's rank when known at compile time."""
+    shape = static_shape(node.inputs["input"])
+    return None if shape is None else len(shape)
+
+
+def conv(node: Node, a: Mapping[str, str]) -> str:
+    """F.conv{n}d called directly (n = len(stride) spatial axes); windows.conv for other n."""
+    n = len(node.attrs["stride"])
+    at = ", ".join(repr(node.attrs[k]) for k in CONV)
+    fn = f"F.conv{n}d" if n in (1, 2, 3) else "_w.conv"
+    return f"{fn}({a['input']}, {a['weight']}, {a.get('bias', 'None')}, {at})"
+
+
+def pool(kind: str, attrs: tuple[str, ...]) -> OpImpl:
+    """F.{kind}{n}d called directly where torch takes the input as it is, else windows.{kind} (other ranks, n > 3)."""
 
     def emit(node: Node, a: Mapping[str, str]) -> str:
-        args = [a.get(k, "None") for k in inputs] + [repr(node.attrs[k]) for k in attrs]
-        return f"{fn}({', '.join(args)})"
+        n = len(node.attrs["kernel_size"])
+        used = attrs[:-1] if kind == "avg_pool" and n == 1 else attrs  # F.avg_pool1d takes no divisor_override
+        direct = n in (1, 2, 3) and _rank(node) in (n + 1, n + 2)
+        if direct and all(k in used or node.attrs[k] is None for k in attrs):
+            return f"F.{kind}{n}d({a['input']}, {', '.join(repr(node.attrs[k]) for k in used)})"
+        return f"_w.{kind}({a['input']}, {', '.join(repr(node.attrs[k]) for k in attrs)})"
 
     return emit
 
 
-def pool(fn: str, attrs: tuple[str, ...]) -> OpImpl:
-    """F.max_pool2d / F.avg_pool2d directly on rank 3 or 4 inputs; other ranks go through a reshape."""
+def sum_like(node: Node, a: Mapping[str, str]) -> str:
+    """Nothing when the shapes are equal at compile time; else Tensor.sum_to_size."""
+    g, like = static_shape(node.inputs["input"]), static_shape(node.inputs["like"])
+    if g is not None and g == like and None not in g:
+        return a["input"]
+    return f"{a['input']}.sum_to_size({a['like']}.shape)"
 
-    def emit(node: Node, a: Mapping[str, str]) -> str:
-        values = ", ".join(repr(node.attrs[k]) for k in attrs)
-        shape = static_shape(node.inputs["input"])
-        if shape is not None and len(shape) in (3, 4):
-            return f"F.{fn}({a['input']}, {values})"
-        return f"_k.pool_any_rank({fn!r}, {a['input']}, {values})"
 
-    return emit
+def as_float(op: str) -> OpImpl:
+    """A comparison whose boolean result becomes 1.0/0.0 in the backend's float dtype."""
+    return lambda node, a: f"({a['left']} {op} {a['right']}).to({FLOAT_DTYPE})"
 
 
 def batch_norm(node: Node, a: Mapping[str, str]) -> str:
@@ -121,9 +146,13 @@ def cross_entropy(node: Node, a: Mapping[str, str]) -> str:
     )
 
 
-POOL_ATTRS = ("kernel_size", "stride", "padding")
+CONV = ("stride", "padding", "dilation", "groups")
+MAX_POOL = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+AVG_POOL = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 
 OPS: dict[str, OpImpl] = {
+    "scalar": CONSTANT,
+    "constant": CONSTANT,
     "linear": linear,
     "relu": "torch.relu({input})",
     "sigmoid": "torch.sigmoid({input})",
@@ -132,6 +161,11 @@ OPS: dict[str, OpImpl] = {
     "log": "torch.log({input})",
     "sqrt": "torch.sqrt({input})",
     "abs": "torch.abs({input})",
+    "sign": "torch.sign({input})",
+    "erf": "torch.erf({input})",
+    "sin": "torch.sin({input})",
+    "cos": "torch.cos({input})",
+    "silu": "F.silu({input})",
     "neg": "torch.neg({input})",
     "square": "torch.square({input})",
     "add": "{left} + {right}",
@@ -141,33 +175,56 @@ OPS: dict[str, OpImpl] = {
     "pow": "torch.pow({left}, {right})",
     "maximum": "torch.maximum({left}, {right})",
     "minimum": "torch.minimum({left}, {right})",
+    "greater": as_float(">"),
+    "equal": as_float("=="),
+    "where": "torch.where({condition} != 0, {left}, {right})",
     "matmul": "torch.matmul({left}, {right})",
     "sum": reduction("torch.sum"),
     "mean": reduction("torch.mean"),
     "max": reduction("torch.amax"),
+    "expand_reduced": keyword_call("_k.expand_reduced", ("input", "like"), ("axis", "keepdim", "scale")),
+    "sum_like": sum_like,
+    "expand_like": "torch.broadcast_to({input}, {like}.shape)",
+    "reshape_like": "torch.reshape({input}, {like}.shape)",
     "transpose": transpose,
+    "swapaxes": "torch.swapaxes({input}, {axis0}, {axis1})",
     "reshape": "torch.reshape({input}, {shape})",
     "flatten": "torch.flatten({input}, {start_dim}, {end_dim})",
     "identity": "{input}",
-    "conv2d": keyword_call("F.conv2d", ("input", "weight", "bias"), ("stride", "padding", "dilation", "groups")),
-    "max_pool2d": pool("max_pool2d", (*POOL_ATTRS, "dilation", "ceil_mode")),
-    "avg_pool2d": pool("avg_pool2d", (*POOL_ATTRS, "ceil_mode", "count_include_pad", "divisor_override")),
+    "conv": conv,
+    "max_pool": pool("max_pool", MAX_POOL),
+    "avg_pool": pool("avg_pool", AVG_POOL),
     "batch_norm": batch_norm,
     "batch_norm_inference": batch_norm_inference,
     "layer_norm": layer_norm,
+    "group_norm": lambda n, a: (
+        f"F.group_norm({a['input']}, {n.attrs['num_groups']!r}, {a.get('weight', 'None')}, "
+        f"{a.get('bias', 'None')}, {n.attrs['eps']!r})"
+    ),
+    "slice": _ix.emit_slice,
+    "slice_grad": _ix.emit_slice_grad,
+    "concat": "torch.cat(({left}, {right}), {axis})",
+    "gather": "torch.gather({input}, {axis}, {index})",
+    "gather_grad": "torch.zeros_like({like}).scatter_add({axis}, {index}, {input})",
+    "cumsum": "torch.cumsum({input}, {axis})",
+    "tril": "torch.tril({input}, {diagonal})",
+    "triu": "torch.triu({input}, {diagonal})",
     "embedding": "F.embedding({input}, {weight})",
+    "one_hot": f"_k.one_hot({{input}}, {{num_classes}}, {FLOAT_DTYPE})",
     "gelu": "F.gelu({input}, approximate={approximate})",
     "leaky_relu": "F.leaky_relu({input}, {negative_slope})",
     "softmax": "torch.softmax({input}, {axis})",
     "log_softmax": "torch.log_softmax({input}, {axis})",
-    "dropout": "_k.dropout({input}, {p}, _generator)",
+    "dropout_mask": "_k.dropout_mask({like}, {p}, _generator)",
     "mse_loss": "F.mse_loss({input}, {target}, reduction={reduction})",
     "cross_entropy": cross_entropy,
 }
 
-# Outputs that never carry a gradient: updated running statistics and the dropout mask.
-NON_DIFFERENTIABLE: frozenset[tuple[str, str]] = frozenset(
-    {("batch_norm", "running_mean_out"), ("batch_norm", "running_var_out"), ("dropout", "mask")}
-)
 
-NAMESPACE: dict[str, Any] = {"torch": torch, "F": F, "_k": kernels}
+NAMESPACE: dict[str, Any] = {"torch": torch, "F": F, "_k": kernels, "_w": windows, "_ix": _ix}
+
+# The sequence primitives (arange, attention) live in their own module.
+from . import attention as _attention  # noqa: E402
+
+OPS.update(_attention.OPS)
+NAMESPACE.update(_attention.NAMESPACE)
