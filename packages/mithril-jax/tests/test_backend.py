@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import mithril as ml
-from mithril.models import Linear, Model, Relu, Sum
+from mithril.errors import IndexRangeError
+from mithril.models import Embedding, Linear, Model, Relu, Sum
 from mithril.testing.models import quickstart_mlp
 
 
@@ -184,7 +185,12 @@ def test_bad_arguments_give_core_errors_and_the_model_stays_usable(
         ({"output": np.ones((3, 10), np.float32)}, ml.ShapeError, r"expected shape \[32, 10\].*got \[3, 10\]"),
         ({"outptu": np.ones((32, 10), np.float32)}, ml.KeyNotFoundError, "unknown key 'outptu'"),
         ({}, ml.KeyNotFoundError, "non-empty dict"),
-        ({"output": "x"}, TypeError, r"output_gradients\['output'\]: expected an array, got str"),
+        (
+            {"output": "x"},
+            TypeError,
+            r"output_gradients\['output'\]: expected an array of backend 'jax' like output 'output', got str "
+            r"\(pass a jax.Array or numpy.ndarray",
+        ),
         ({"output": np.ones((32, 10), jnp.bfloat16)}, ml.DTypeMismatchError, "expected dtype float32.*got bfloat16"),
     ],
 )
@@ -289,7 +295,7 @@ def test_inference_only_and_file_path(tmp_path: Any) -> None:
     backend = ml.JaxBackend()
     path = tmp_path / "mlp.py"
     model = ml.compile(quickstart_mlp(), backend, shapes={"input": [2, 20]}, inference=True, file_path=str(path))
-    assert "jax.nn.relu" in path.read_text() and "forward_backward" not in model.code
+    assert "_relu(" in path.read_text() and "forward_backward" not in model.code
     params = model.randomize_params(seed=0)
     with pytest.raises(ml.UnsupportedError, match="inference only"):
         model.evaluate(params, {"input": backend.randn(2, 20)}, {"output": backend.ones(2, 10)})
@@ -311,3 +317,43 @@ def test_half_precision_models_run(dtype: ml.DType) -> None:
     out, grads = model.evaluate(params, {"input": backend.randn(4, 20)}, {"output": backend.ones(4, 10)})
     assert out["output"].dtype == backend.native_dtype(dtype)
     assert all(g.dtype == backend.native_dtype(dtype) for g in grads.values())
+
+
+def test_static_inference_matches_a_normal_compile_and_options_are_checked() -> None:
+    backend = ml.JaxBackend()
+    static = ml.compile(quickstart_mlp(), backend, shapes={"input": [3, 20]}, static_inference=True)
+    normal = ml.compile(quickstart_mlp(), backend, shapes={"input": [3, 20]})
+    params, x = normal.randomize_params(seed=0), {"input": backend.randn(3, 20)}
+    np.testing.assert_array_equal(static.evaluate(params, x)["output"], normal.evaluate(params, x)["output"])
+    with pytest.raises(ml.UnsupportedError, match="inference only"):
+        static.evaluate(params, x, {"output": backend.ones(3, 10)})
+    unshaped = ml.compile(quickstart_mlp(), backend, static_inference=True)  # the quick start's deployment form
+    assert unshaped.options.inference
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['fuse'\] for backend 'jax'; valid options are"):
+        ml.compile(quickstart_mlp(), backend, fuse=True)
+    with pytest.raises(TypeError, match=r"option 'shardings' must be Mapping\[str, Any\] \| None, got 3 \(int\)"):
+        ml.compile(quickstart_mlp(), backend, shardings=3)
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_index_ranges_are_checked_before_the_traced_call(jit: bool) -> None:
+    """Index checks read values, which jit's tracers lack: they run on every path before the jitted call."""
+    backend = ml.JaxBackend(dtype=ml.float64)
+    model = Model()
+    model |= Embedding(7, 3)(input="tokens", output="hidden")
+    model += Linear(2)(input="hidden", output="output")
+    compiled = ml.compile(model, backend, shapes={"tokens": [2, 5]}, jit=jit)
+    params = compiled.randomize_params(seed=0)
+    reordered = dict(reversed(list(params.items())))
+    good = {"tokens": backend.array(np.arange(10).reshape(2, 5) % 7, dtype=ml.int32)}
+    bad = {"tokens": backend.array(np.full((2, 5), 9), dtype=ml.int32)}
+    g = {"output": backend.ones(2, 5, 2)}
+    assert compiled.evaluate(params, good, g)[1].keys() == params.keys()
+    for call in (
+        lambda x: compiled.evaluate(params, x),
+        lambda x: compiled.evaluate(params, x, g),
+        lambda x: compiled.evaluate(reordered, x, g),
+    ):
+        call(good)
+        with pytest.raises(IndexRangeError, match=r"inputs\['tokens'\] holds index 9, outside the valid range"):
+            call(bad)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import secrets
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -14,15 +16,31 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import mithril as ml
 from mithril.array_math import ArrayMath
-from mithril.backend import Backend, CompileOptions
+from mithril.backend import Backend, BackendOptions, CompileOptions, Precision
 from mithril.dtypes import DType, as_dtype
 from mithril.graph import Graph
 
 from .lowering import JaxProgram
 from .ops import OPS
-from .sharding import make_mesh
+from .sharding import gather, make_mesh, sync_seed
 
-__all__ = ["JaxBackend"]
+__all__ = ["JaxBackend", "JaxCompileOptions"]
+
+
+@dataclass(frozen=True)
+class JaxCompileOptions(BackendOptions):
+    """`ml.compile` keywords of the JAX backend.
+
+    shardings: key -> partition spec (a tuple of mesh axis names or None per dimension); needs
+    a backend with a device mesh. precision: how matmuls and convolutions run, traced into the
+    compiled functions with `jax.default_matmul_precision`: "highest" (the default) in full
+    float32, "high" with faster reduced-precision kernels on GPU and TPU (bfloat16x3, TF32-class),
+    "default" as jax's own settings say (on GPUs, TF32-class for float32).
+    """
+
+    shardings: Mapping[str, Any] | None = None
+    precision: Precision = "highest"
+
 
 _NATIVE: dict[DType, np.dtype] = {
     ml.float16: np.dtype(jnp.float16),
@@ -84,8 +102,11 @@ class JaxBackend(ArrayMath, Backend):
     name = "jax"
     supported_dtypes = (ml.float16, ml.bfloat16, ml.float32, ml.float64)
     supports_gradients = True
+    native_autodiff = True
     supports_jit = True
     default_jit = True
+    compile_options_type = JaxCompileOptions
+    array_type = "jax.Array or numpy.ndarray"
     ops = OPS
     xp = jnp
 
@@ -106,6 +127,9 @@ class JaxBackend(ArrayMath, Backend):
                 f"process; platforms present: {list(present)}"
             )
         devices = jax.devices(platform)
+        # after jax.distributed.initialize, jax.devices() lists every process's devices; arrays of this
+        # process (keys, off-mesh arrays) live on its own first device
+        local = [d for d in devices if d.process_index == jax.process_index()] or devices
         if index is not None and index >= len(devices):
             raise ValueError(
                 f"JaxBackend: device {device!r} does not exist; {len(devices)} {platform} device(s) present"
@@ -113,11 +137,17 @@ class JaxBackend(ArrayMath, Backend):
         if index is not None and device_mesh is not None:
             raise ValueError(f"JaxBackend: give a platform without an index ({platform!r}) with device_mesh=")
         self.platform = platform
-        self.jax_device = devices[index or 0]
+        self.jax_device = local[0] if index is None else devices[index]
         self.mesh: Mesh | None = None if device_mesh is None else make_mesh(device_mesh, devices, platform)
         self._placement: Any = self.jax_device if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
         self._native = self._dtype(self.dtype)
-        self._key = self._fresh_key(secrets.randbits(32))
+        # held while the key is read and replaced, so concurrent calls never draw the same key
+        self.key_lock = threading.Lock()
+        seed = secrets.randbits(32)
+        if self.mesh is not None and jax.process_count() > 1:
+            # every process draws the same replicated parameters and dropout masks: process 0's seed for all
+            seed = sync_seed(seed, self.mesh)
+        self._key = self._fresh_key(seed)
 
     def __repr__(self) -> str:
         mesh = "" if self.mesh is None else f", device_mesh={dict(self.mesh.shape)}"
@@ -155,9 +185,11 @@ class JaxBackend(ArrayMath, Backend):
         """A fresh PRNG key split off the backend's own (reset by `set_seed`); one per random draw or call.
 
         Compiled models with dropout (off a mesh) make this same split inside their jitted call:
-        they take `_key` and return its successor, which the call stores back in `_key`.
+        they take `_key` and return its successor, which the call stores back in `_key`, both under
+        `key_lock`, so threads sharing the backend never draw the same key.
         """
-        self._key, key = _split(self._key)
+        with self.key_lock:
+            self._key, key = _split(self._key)
         return key
 
     def array(self, data: Any, dtype: DType | None = None) -> jax.Array:
@@ -184,13 +216,34 @@ class JaxBackend(ArrayMath, Backend):
             target = arr.dtype
         if arr.dtype != target:
             arr = arr.astype(target)
+        elif isinstance(arr, np.ndarray) and arr is data:
+            # jax.device_put may alias a host buffer on the CPU: a later write to the caller's array
+            # would change this one. A copy keeps the documented "copied once" promise.
+            arr = arr.copy()
         return self._place(arr)
 
     def to_numpy(self, array: Any) -> np.ndarray:
+        """A NumPy array of the values; an array spanning several processes is gathered whole on every process
+        (a collective there: every process must call it)."""
+        if isinstance(array, jax.Array) and not array.is_fully_addressable and not array.is_fully_replicated:
+            return gather(array)
         return np.asarray(array)
 
     def set_seed(self, seed: int) -> None:
-        self._key = self._fresh_key(seed)
+        key = self._fresh_key(seed)
+        with self.key_lock:
+            self._key = key
+
+    def rng_state(self) -> np.ndarray:
+        """The backend's PRNG key data (uint32) as a NumPy array."""
+        with self.key_lock:
+            return np.asarray(jax.random.key_data(self._key)).copy()
+
+    def set_rng_state(self, state: Any) -> None:
+        with jax.default_device(self.jax_device):
+            key = jax.random.wrap_key_data(np.asarray(state, np.uint32))
+        with self.key_lock:
+            self._key = key
 
     def randn(self, *shape: int, dtype: DType | None = None) -> jax.Array:
         return self._place(jax.random.normal(self.next_key(), shape, self._dtype(dtype)))

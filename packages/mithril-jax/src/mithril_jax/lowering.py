@@ -12,12 +12,13 @@ gradients in the caller's key order. Any other call (keys in another order, grad
 a subset of the outputs, wrong keys) takes the slower `_call_by_key`; a subset gets its
 own jitted function, built once. State-update outputs (running statistics) ride along
 undifferentiated. A call that fails before or while tracing is re-diagnosed by the core so
-the user sees which key is wrong.
+the user sees which key is wrong. Index range checks (Embedding rows, class targets) read
+values, which a tracer has not got, so `check_indices` runs them before the jitted call.
 
-Models with random primitives (dropout) get one more argument, a PRNG key that the
-backend splits off its own key for every call (so `set_seed` makes runs repeatable, and
-successive calls draw fresh masks without retracing); each random node folds its own
-stream index into it. Off a mesh, the jitted functions take the backend's key itself,
+Models with random primitives (declared `random`: dropout's mask) get one more argument,
+a PRNG key that the backend splits off its own key for every call (so `set_seed` makes
+runs repeatable, and successive calls draw fresh masks without retracing); each random
+node folds its own stream index into it. Off a mesh, the jitted functions take the backend's key itself,
 split it inside the call and return the backend's next key as their last output: the same
 keys as `JaxBackend.next_key`, without a second jitted dispatch per call.
 """
@@ -25,25 +26,25 @@ keys as `JaxBackend.next_key`, without a second jitted dispatch per call.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
 
-from mithril.backend import CompileOptions, Program
+from mithril.backend import CompileOptions, FusedStep, Program, StepUpdate
 from mithril.codegen import PythonCodegen, function
+from mithril.dtypes import float32
 from mithril.errors import KeyNotFoundError, MithrilError, NoFaultFound
 from mithril.graph import Graph
+from mithril.primitives import get as declaration
 from mithril.validation import make_diagnose
 
 from . import ops
 from .sharding import Layout
 
 if TYPE_CHECKING:
-    from .backend import JaxBackend
+    from .backend import JaxBackend, JaxCompileOptions
 
-__all__ = ["JaxProgram", "COMPILE_OPTIONS"]
-
-COMPILE_OPTIONS = ("shardings",)
+__all__ = ["JaxProgram"]
 
 
 def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -64,18 +65,13 @@ class JaxProgram(Program):
         self.graph = graph
         self.options = options
         self.backend = backend
-        unknown = sorted(set(options.extra) - set(COMPILE_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"ml.compile: unknown option(s) {unknown} for backend 'jax'; valid options are {list(COMPILE_OPTIONS)}"
-            )
-        shardings = options.extra.get("shardings")
+        shardings = cast("JaxCompileOptions", options.backend).shardings
         if shardings is not None and backend.mesh is None:
             raise ValueError(
                 "ml.compile: shardings= needs a backend with a device mesh, e.g. JaxBackend(device_mesh=(8,))"
             )
         self.layout = None if backend.mesh is None else Layout(backend.mesh, graph, shardings or {})
-        random = [n for n in graph.nodes if n.primitive in ops.RANDOM]
+        random = [n for n in graph.nodes if declaration(n.primitive).random]
         self.random = bool(random)
         # off a mesh, the backend's key goes in and its successor comes out of each jitted call
         self._carries_key = self.random and self.layout is None
@@ -85,19 +81,30 @@ class JaxProgram(Program):
         self._outputs_known = frozenset(self._output_keys)
         # the gradients a call usually gives: every output but the state updates
         self._differentiable = tuple(e.name for e in graph.outputs if e.updates is None)
+        # the keys whose arrays must have the backend's float dtype (index inputs are integers)
+        self._float_keys = frozenset(e.name for e in [*graph.params, *graph.inputs] if e.kind == "float")
+        self._float_outputs = frozenset(e.name for e in graph.outputs if e.kind == "float")
+        self._array_type = type(backend.zeros(0))
         namespace = {
             **ops.NAMESPACE,
             "_vjp": jax.vjp,
             "_select": self._select,
             ops.RNG_STREAMS: {n.path: i for i, n in enumerate(random)},
+            ops.FLOAT_DTYPE: backend.native_dtype(backend.dtype),
             "_split_key": _split_key,
         }
         self.gen = PythonCodegen(graph, backend, backend.op_table(), namespace)
         self._diagnose = make_diagnose(graph, backend)
         diagnose = self.gen.constant(self._diagnose, "diagnose")
         self._key_arg = f", {ops.RNG_KEY}" if self.random else ""
-        body = [*self.gen.load_lines(diagnose), *self.gen.forward_lines(), f"return {self.gen.outputs_expr()}"]
+        body = [
+            *self.gen.load_lines(diagnose, index_checks=False),
+            *self._with_precision(self.gen.forward_lines()),
+            f"return {self.gen.outputs_expr()}",
+        ]
         traced = [function("forward", f"params, inputs{self._key_arg}", body), self._jit_forward_source()]
+        if graph.index_checks:
+            traced.append(self._check_indices_source())
         if not options.inference:
             traced.append(self._jit_forward_backward_source(self._differentiable))
         jitted = {"forward": self.gen.constant(None, "jit_forward")}
@@ -108,6 +115,7 @@ class JaxProgram(Program):
         self.gen.namespace["forward"] = self._raw_forward = built["forward"]
         self._jit_forward = built[jitted["forward"]] = self._compiled(built["jit_forward"], ())
         self.forward: Callable[..., Any] = built["call_forward"]
+        self._check_indices: Callable[[Any], None] | None = built.get("check_indices")
         self._jit_forward_backward: dict[tuple[str, ...], Callable[..., Any]] = {}
         if not options.inference:
             fb = self._compiled(built["jit_forward_backward"], self._param_keys)
@@ -115,6 +123,18 @@ class JaxProgram(Program):
             self.forward_backward = built["call_forward_backward"]
 
     # -- generated source --------------------------------------------------------------
+    def _with_precision(self, lines: list[str]) -> list[str]:
+        """The ops under `jax.default_matmul_precision` (read while tracing: each dot and convolution,
+        and its transpose in the backward pass, carries the precision), unless it is "default".
+
+        Only float32 programs: the option chooses between float32 and reduced-precision kernels, and
+        XLA's CPU dots refuse a HIGHEST precision for float16 operands."""
+        precision = cast("JaxCompileOptions", self.options.backend).precision
+        if precision == "default" or not lines or self.backend.dtype is not float32:
+            return lines
+        context = self.gen.constant(jax.default_matmul_precision, "matmul_precision")
+        return [f"with {context}({precision!r}):", *(f"    {line}" for line in lines)]
+
     def _arrays(self, prefix: str = "a") -> list[str]:
         return [f"{prefix}{i}" for i in range(len(self._param_keys) + len(self._input_keys))]
 
@@ -159,6 +179,12 @@ class JaxProgram(Program):
             ],
         )
 
+    def _check_indices_source(self) -> str:
+        """`check_indices(inputs)`: the index range checks, which read values, so they run before (outside) jit."""
+        checked = {spec.key for spec in self.graph.index_checks}
+        loads = [f"{self.gen.names[e]} = inputs[{e.name!r}]" for e in self.graph.inputs if e.name in checked]
+        return function("check_indices", "inputs", [*loads, *self.gen.index_check_lines()])
+
     def _call_sources(self, jitted: Mapping[str, str]) -> str:
         """`call_forward` and `call_forward_backward`, the functions evaluate calls; `jitted` names the jitted ones.
 
@@ -171,18 +197,28 @@ class JaxProgram(Program):
             gen.namespace.update(_next_key=self.backend.next_key, _backend=self.backend)
         pk, ik, dk = self._param_keys, self._input_keys, self._differentiable
         n_out = len(self._output_keys)
+        float_dtype = gen.constant(self.backend.native_dtype(self.backend.dtype), "float_dtype")
+        array_type = gen.constant(self._array_type, "array_type")
         sources = []
         for name, call in jitted.items():
             gradients = name == "forward_backward"
-            args = [f"params[{k!r}]" for k in pk] + [f"inputs[{k!r}]" for k in ik]
+            loads = [(f"a{i}", f"params[{k!r}]") for i, k in enumerate(pk)]
+            loads += [(f"a{len(pk) + i}", f"inputs[{k!r}]") for i, k in enumerate(ik)]
+            floats = [f"a{i}" for i, k in enumerate((*pk, *ik)) if k in self._float_keys]
             if gradients:
-                args += [f"output_gradients[{k!r}]" for k in dk]
+                loads += [(f"g{i}", f"output_gradients[{k!r}]") for i, k in enumerate(dk)]
+                floats += [f"g{i}" for i, k in enumerate(dk) if k in self._float_outputs]
                 extra = ", output_gradients"
                 check = f"len(inputs) == {len(ik)} and len(output_gradients) == {len(dk)}"
                 check += "".join(f" and {k!r} in output_gradients" for k in dk)
                 check += f" and tuple(params) == {gen.constant(pk, 'param_keys')}"
             else:
                 extra, check = "", f"len(params) == {len(pk)} and len(inputs) == {len(ik)}"
+            # jit converts NumPy float64 arrays to float32 when x64 is off, so their dtype is
+            # tested before the call; a jax array's dtype is part of jit's cache key and is checked
+            # while tracing, so for those the type test alone suffices (cheaper than reading .dtype).
+            dtypes = " and ".join(f"(type({a}) is {array_type} or {a}.dtype is {float_dtype})" for a in floats)
+            args = [a for a, _ in loads]
             if self.layout is None:
                 passed = ", ".join(args)
             else:
@@ -190,19 +226,24 @@ class JaxProgram(Program):
                 passed = f"*_put(({', '.join(args)},), {shardings})"
             results = [f"r{i}" for i in range(n_out + (len(pk) if gradients else 0))]
             targets = "".join(r + ", " for r in results)
+            run = f"({targets}) = {call}({passed})"
             if self._carries_key:
-                passed += ", _backend._key"
-                targets += "_backend._key, "
+                run = f"({targets}_backend._key, ) = {call}({passed}, _backend._key)"
             elif self.random:
-                passed += ", _next_key()"
+                run = f"({targets}) = {call}({passed}, _next_key())"
             returned = _dict(self._output_keys, results[:n_out])
             if gradients:
                 returned += ", " + _dict(pk, results[n_out:])
+            checks = ["        check_indices(inputs)"] if self.graph.index_checks else []
+            calling = [f"with {gen.constant(self.backend.key_lock, 'key_lock')}:", f"    {run}"]
             body = [
                 "try:",
                 f"    if {check}:",
-                f"        ({targets}) = {call}({passed})",
-                f"        return {returned}",
+                *(f"        {a} = {value}" for a, value in loads),
+                *checks,
+                f"        if {dtypes or 'True'}:",
+                *(f"            {line}" for line in (calling if self._carries_key else [run])),
+                f"            return {returned}",
                 "except Exception as error:",
                 f"    _explain(error, params, inputs{extra})",
                 "    raise",
@@ -237,6 +278,61 @@ class JaxProgram(Program):
             fn = self._jit_forward_backward[selected] = self._compiled(built["jit_forward_backward"], self._param_keys)
         return fn
 
+    def fused_step(self, seeds: Mapping[str, float], update: StepUpdate) -> FusedStep | None:
+        """Forward, backward and `update` in one jax.jit: gradients of the `seeds`-weighted losses by jax.grad.
+
+        On a device mesh, params and inputs are placed by their keys' shardings before the call
+        and XLA all-reduces the gradients inside it (one step, one program, every process alike).
+        Index checks and a PRNG key for random models are prepared before the jitted call, like
+        `forward`'s.
+        """
+        raw, weights = self._raw_forward, dict(seeds)
+        layout = self.layout
+
+        def step(params: Any, inputs: Any, opt_state: Any, t: Any, lr: Any, *key: Any) -> tuple[Any, Any, Any]:
+            def loss(params: Any) -> tuple[Any, Any]:
+                outputs = raw(params, inputs, *key)
+                terms = [outputs[k] if w == 1.0 else w * outputs[k] for k, w in weights.items()]
+                return sum(terms[1:], terms[0]), outputs
+
+            (_, outputs), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            new_params, new_opt_state = update(params, grads, opt_state, t, lr)
+            return new_params, new_opt_state, outputs
+
+        jitted = jax.jit(step) if self.options.jit else step
+        check, random, backend = self._check_indices, self.random, self.backend
+
+        def call(params: Any, inputs: Any, opt_state: Any, t: Any, lr: Any) -> tuple[Any, Any, Any]:
+            if check is not None:
+                check(inputs)
+            try:
+                if layout is not None:
+                    params, inputs = self.place_params(params), self._place_inputs(inputs)
+                return jitted(params, inputs, opt_state, t, lr, *((backend.next_key(),) if random else ()))
+            except Exception as error:
+                self._explain(error, params, inputs)
+                raise
+
+        return call
+
+    def place_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """On a device mesh, `params` placed by their keys' shardings (replicated or split); else as given."""
+        if self.layout is None:
+            return params
+        shardings = self.layout.params
+        return dict(self.layout.put({k: v for k, v in params.items() if k in shardings}, shardings)) | {
+            k: v for k, v in params.items() if k not in shardings
+        }
+
+    def _place_inputs(self, inputs: Any) -> Any:
+        """A call's inputs placed by their keys' shardings (the batch split over the first mesh axis)."""
+        assert self.layout is not None
+        layout = self.layout
+        where = f"{self.graph.model.describe()} on mesh {dict(layout.mesh.shape)}"
+        layout.check_call(inputs, where)
+        known = {k: v for k, v in inputs.items() if k in layout.inputs}
+        return {**inputs, **layout.put(known, layout.inputs)}
+
     # -- calls the fast path does not take ---------------------------------------------
     def _call_by_key(self, params: Any, inputs: Any, output_gradients: Any = None) -> Any:
         """A call whose keys differ from graph order: looked up one by one, or diagnosed when wrong."""
@@ -250,6 +346,9 @@ class JaxProgram(Program):
             and all(k in inputs for k in ik)
         ):
             self._diagnose(params, inputs)
+        if self._check_indices is not None:
+            self._check_indices(inputs)
+        self._check_float_dtypes(params, inputs, output_gradients)
         arrays = [params[k] for k in pk] + [inputs[k] for k in ik]
         if output_gradients is None:
             fn, selected = self._jit_forward, None
@@ -261,7 +360,8 @@ class JaxProgram(Program):
             if self.layout is not None:
                 arrays = list(jax.device_put(tuple(arrays), self._in_shardings(selected)))
             if self._carries_key:
-                *r, self.backend._key = fn(*arrays, self.backend._key)
+                with self.backend.key_lock:
+                    *r, self.backend._key = fn(*arrays, self.backend._key)
             else:
                 r = fn(*arrays, *((self.backend.next_key(),) if self.random else ()))
         except Exception as error:
@@ -282,6 +382,22 @@ class JaxProgram(Program):
         return tuple(k for k in self._output_keys if k in output_gradients)
 
     # -- checks ------------------------------------------------------------------------
+    def _output_shapes(self, params: Any, inputs: Any) -> dict[str, Any]:
+        """The outputs' shapes and dtypes for these arguments, traced without running (a fixed key for dropout)."""
+        extra = (jax.random.key(0),) if self.random else ()
+        return cast("dict[str, Any]", jax.eval_shape(self._raw_forward, params, inputs, *extra))
+
+    def _check_float_dtypes(self, params: Any, inputs: Any, output_gradients: Any) -> None:
+        """Diagnose a float array of another dtype before jit would silently convert it (NumPy float64, x64 off)."""
+        backend, want = self.backend, self.backend.dtype
+        given = [*((k, params[k]) for k in self._param_keys), *((k, inputs[k]) for k in self._input_keys)]
+        if any(k in self._float_keys and backend.dtype_of(v) is not want for k, v in given):
+            self._diagnose(params, inputs)
+        if isinstance(output_gradients, Mapping):
+            for key, grad in output_gradients.items():
+                if key in self._float_outputs and backend.is_array(grad) and backend.dtype_of(grad) is not want:
+                    self._diagnose(params, inputs, output_gradients, self._output_shapes(params, inputs))
+
     def _check_gradient_keys(self, output_gradients: Any, outputs: Any) -> None:
         if not isinstance(output_gradients, Mapping) or not output_gradients:
             raise KeyNotFoundError(

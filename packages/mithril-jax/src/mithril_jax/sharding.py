@@ -5,6 +5,11 @@ first dimension over the mesh's first axis; parameters, their gradients and stat
 (running statistics) are replicated, so XLA all-reduces the gradients.
 `ml.compile(..., shardings={key: spec})` overrides any key with a PartitionSpec-like tuple: one
 entry per leading dimension, each a mesh axis name, a tuple of names, or None; `()` replicates.
+
+After `jax.distributed.initialize(...)` a mesh spans the devices of every process (process by
+process, so the first axis splits the batch across processes): shapes are global, arrays given
+to the backend are the same global values on every process, and `gather` fetches a global array
+whole on every process.
 """
 
 from __future__ import annotations
@@ -20,26 +25,25 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mithril.codegen import static_shape
 from mithril.errors import KeyNotFoundError, ShapeError
 from mithril.graph import Edge, Graph
+from mithril.mesh import DEFAULT_AXIS_NAMES, axis_spec
 
-__all__ = ["make_mesh", "Layout", "DEFAULT_AXIS_NAMES"]
-
-DEFAULT_AXIS_NAMES = ("data", "model")
+__all__ = ["make_mesh", "Layout", "DEFAULT_AXIS_NAMES", "gather", "sync_seed"]
 
 
 def make_mesh(spec: Sequence[int] | Mapping[str, int], devices: Sequence[Any], platform: str) -> Mesh:
     """A Mesh over the first devices of `platform`; a tuple's axes are named data, model, axis2, ..."""
-    if isinstance(spec, Mapping):
-        names, sizes = tuple(spec), tuple(spec.values())
-    elif isinstance(spec, Sequence) and not isinstance(spec, (str, bytes)):
-        sizes = tuple(spec)
-        names = tuple(DEFAULT_AXIS_NAMES[i] if i < len(DEFAULT_AXIS_NAMES) else f"axis{i}" for i in range(len(sizes)))
-    else:
-        raise TypeError(f"JaxBackend: device_mesh must be a tuple of sizes or a dict name -> size, got {spec!r}")
-    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
-        raise ValueError(f"JaxBackend: device_mesh sizes must be positive ints, got {spec!r}")
-    if not all(isinstance(n, str) and n for n in names):
-        raise TypeError(f"JaxBackend: device_mesh axis names must be non-empty strings, got {list(names)}")
+    names, sizes = axis_spec("JaxBackend", spec)
     needed = math.prod(sizes)
+    processes = jax.process_count()
+    if processes > 1 and needed != len(devices):
+        local = jax.local_device_count(platform)
+        raise ValueError(
+            f"JaxBackend: device_mesh {spec!r} has {needed} devices but the {processes} jax processes have "
+            f"{len(devices)} {platform} devices ({processes} processes x {local} local devices); a mesh across "
+            f"processes must use every device: sizes that multiply to {len(devices)}"
+        )
+    if processes > 1:
+        devices = sorted(devices, key=lambda d: (d.process_index, d.id))
     if needed > len(devices):
         hint = (
             f"; emulate more CPU devices with XLA_FLAGS=--xla_force_host_platform_device_count={needed} "
@@ -63,8 +67,6 @@ class Layout:
         self.batch_axis = mesh.axis_names[0]
         groups = {"params": graph.params, "inputs": graph.inputs, "outputs": graph.outputs}
         known = {e.name: e for edges in groups.values() for e in edges}
-        if not isinstance(overrides, Mapping):
-            raise TypeError(f"ml.compile({self.owner}): shardings must be a dict key -> spec, got {overrides!r}")
         for key in overrides:
             if key not in known:
                 raise KeyNotFoundError(
@@ -138,3 +140,23 @@ class Layout:
     def put(self, tree: Mapping[str, Any], shardings: Mapping[str, NamedSharding]) -> Any:
         """Place a dict of arrays on the mesh, each by its key's sharding."""
         return jax.device_put(tree, {k: shardings[k] for k in tree})
+
+
+def sync_seed(seed: int, mesh: Mesh) -> int:
+    """Process 0's `seed` on every process (a collective), so replicated random draws agree."""
+    from jax.experimental import multihost_utils  # noqa: PLC0415 - only meshes across processes need it
+
+    try:
+        return int(multihost_utils.broadcast_one_to_all(np.uint32(seed)))
+    except Exception as error:  # noqa: BLE001 - any failure of the collective, named with the mesh
+        raise RuntimeError(
+            f"JaxBackend: device_mesh {dict(mesh.shape)}: broadcasting the random seed from process 0 failed on "
+            f"process {jax.process_index()}: {error}; every process must create the backend"
+        ) from error
+
+
+def gather(array: jax.Array) -> np.ndarray:
+    """A global array spanning several processes, whole, as NumPy on every process (all must call it)."""
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
