@@ -15,36 +15,14 @@ import mithril_ggml
 from mithril.testing import CASES, Case, check_case
 from mithril.testing.models import quickstart_cnn, quickstart_mlp
 
-# Cases ggml cannot run at all, and cases it runs forward but cannot differentiate.
-NO_FORWARD = {"pow", "pow_broadcast", "max_pool2d_padded", "avg_pool2d_padded_exclusive"}
-NO_GRADIENT = {"gelu", "conv2d_groups_nobias"}
-
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.name not in NO_FORWARD], ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_primitive_matches_numpy_reference(case: Case) -> None:
-    grads = case.name not in NO_GRADIENT
-    check_case(case, ml.GGMLBackend(), ml.NumpyBackend(dtype=ml.float64), grads=grads)
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if c.name in NO_FORWARD], ids=lambda c: c.name)
-def test_unsupported_primitive_is_refused_at_compile_time(case: Case) -> None:
-    with pytest.raises(ml.UnsupportedError, match="backend 'ggml'") as info:
-        ml.compile(case.build(), ml.GGMLBackend(), shapes=case.shapes)
-    assert case.primitive in str(info.value)
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if c.name in NO_GRADIENT], ids=lambda c: c.name)
-def test_gradient_without_ggml_backward_is_refused_before_computing(case: Case) -> None:
-    compiled = ml.compile(case.build(), ml.GGMLBackend(), shapes=case.shapes, trainable_keys=["input"])
-    params = {k: np.ones(compiled.shapes[k], np.float32) for k in compiled.param_keys}
-    inputs = {k: np.ones(compiled.shapes[k], np.float32) for k in compiled.input_keys}
-    out = compiled.evaluate(params, inputs)
-    with pytest.raises(ml.UnsupportedError, match="cannot compute gradients through"):
-        compiled.evaluate(params, inputs, {k: np.ones_like(v) for k, v in out.items()})
+    check_case(case, ml.GGMLBackend(), ml.NumpyBackend(dtype=ml.float64), grads=True)
 
 
 def test_quickstart_mlp_matches_numpy_and_gradients_match() -> None:
@@ -119,7 +97,7 @@ def test_quantized_outputs_stay_close_to_float32(mode: str, limit: float) -> Non
     cnn_err = relative_error(
         quantized.apply(params, {"input": x}, state)[0]["output"], base.apply(params, {"input": x}, state)[0]["output"]
     )
-    mlp = ml.compile(quickstart_mlp(), ml.GGMLBackend(quantize=mode), static_inference=True)
+    mlp = ml.compile(quickstart_mlp(), ml.GGMLBackend(quantize=mode), shapes={"input": [32, 20]}, static_inference=True)
     mlp_base = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes={"input": [32, 20]})
     mlp_params = mlp_base.randomize_params(seed=6)
     xm = rng.standard_normal((32, 20)).astype(np.float32)
@@ -137,7 +115,7 @@ def test_quantization_report_and_fallback() -> None:
     report = mithril_ggml.quantization_report(compiled)
     assert report["linear_0.weight"] == "Q8_0" and report["linear_0.bias"] == "F32"
     assert report["linear_1.weight"] == "Q8_0"
-    assert report["conv2d_0.weight"].startswith("F32 (ggml's conv_2d cannot read")
+    assert report["conv2d_0.weight"].startswith("F32 (the im2col convolution cannot read")
     mlp = ml.compile(quickstart_mlp(), ml.GGMLBackend(quantize="int4"), shapes={"input": [2, 20]})
     assert "not a multiple of 32" in mithril_ggml.quantization_report(mlp)["linear_0.weight"]
     assert mithril_ggml.quantization_report(mlp)["linear_1.weight"] == "Q4_0"
@@ -146,7 +124,7 @@ def test_quantization_report_and_fallback() -> None:
 
 
 def test_production_snippet_compiles_without_shapes_and_runs_any_batch() -> None:
-    deploy = ml.compile(quickstart_mlp(), ml.GGMLBackend(quantize="int8"), static_inference=True)
+    deploy = ml.compile(quickstart_mlp(), ml.GGMLBackend(quantize="int8"), inference=True)
     params = ml.compile(quickstart_mlp(), ml.NumpyBackend(), shapes={"input": [1, 20]}).randomize_params(seed=7)
     for batch in (1, 5):
         assert deploy.evaluate(params, {"input": np.ones((batch, 20), np.float32)})["output"].shape == (batch, 10)
@@ -159,7 +137,7 @@ def test_graph_cache_builds_once_per_shape_and_weights_once_per_params(monkeypat
     real_instance, real_prepare = lowering._Instance.__init__, quant.prepare
     monkeypatch.setattr(lowering._Instance, "__init__", lambda self, *a: builds.append(a[2]) or real_instance(self, *a))
     monkeypatch.setattr(quant, "prepare", lambda *a: converts.append(1) or real_prepare(*a))
-    compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend(quantize="int8"), static_inference=True)
+    compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend(quantize="int8"), inference=True)
     params = ml.compile(quickstart_mlp(), ml.NumpyBackend(), shapes={"input": [1, 20]}).randomize_params(seed=8)
     x = np.ones((4, 20), np.float32)
     first = compiled.evaluate(params, {"input": x})["output"]
@@ -280,9 +258,10 @@ def test_array_helpers_and_randomize_params() -> None:
 RISKY = {
     "bad quantize": "ml.GGMLBackend(quantize='int2')",
     "unsupported op": (
-        "from mithril.models import Power\n"
-        "m = Model(); m |= Power()(left='a', right='b', output='output')\n"
-        "ml.compile(m, ml.GGMLBackend(), shapes={'a': [2], 'b': [2]})"
+        "from mithril.models.base import Operator\n"
+        "pool = Operator('max_pool', attrs={'kernel_size': (2, 2, 2), 'stride': (1, 1, 1), 'padding': (0, 0, 0),"
+        " 'dilation': (1, 1, 1)})\n"
+        "ml.compile(pool, ml.GGMLBackend(), shapes={'input': [1, 3, 3, 3]})"
     ),
     "quantized gradients": (
         "c = ml.compile(mlp, ml.GGMLBackend(quantize='int4'), shapes={'input': [2, 64]})\n"
@@ -364,5 +343,22 @@ def test_out_prod_linear_matches_numpy_and_follows_new_params(shape: tuple[int, 
     for inst in store.instances.values():
         for i in range(G.ggml_graph_n_nodes(inst.graph)):
             srcs = G.ggml_graph_node(inst.graph, i).contents.src
-            readers[inst.grad] += any(src and ctypes.addressof(src.contents) == wt for src in srcs)
+            readers[inst.joint] += any(src and ctypes.addressof(src.contents) == wt for src in srcs)
     assert readers[False] > 0 and readers[True] == 0
+
+
+def test_static_inference_matches_a_normal_compile_and_options_are_checked() -> None:
+    backend = ml.GGMLBackend()
+    static = ml.compile(quickstart_mlp(), backend, shapes={"input": [3, 20]}, static_inference=True)
+    normal = ml.compile(quickstart_mlp(), backend)  # shapes fixed at the first call: ggml's dynamic path
+    params, x = static.randomize_params(seed=0), {"input": backend.randn(3, 20)}
+    np.testing.assert_array_equal(static.evaluate(params, x)["output"], normal.evaluate(params, x)["output"])
+    assert "def forward" in static.code and "def forward" not in normal.code  # the static forward was generated
+    with pytest.raises(ml.UnsupportedError, match="inference only"):
+        static.evaluate(params, x, {"output": backend.ones(3, 10)})
+    unshaped = ml.compile(quickstart_mlp(), backend, static_inference=True)  # the quick start's deployment form
+    assert unshaped.options.inference
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['fuse'\] for backend 'ggml'"):
+        ml.compile(quickstart_mlp(), backend, fuse=True)
+    with pytest.raises(TypeError, match=r"option 'inference' must be bool, got None \(NoneType\)"):
+        ml.compile(quickstart_mlp(), backend, inference=None)

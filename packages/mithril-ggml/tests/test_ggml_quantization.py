@@ -137,7 +137,7 @@ def test_calibrate_reads_the_models_state() -> None:
     assert mithril_ggml.calibrate(compiled, params, [batch, batch]) == {"linear_0.weight": 8, "linear_1.weight": 8}
     report = mithril_ggml.quantization_report(compiled)
     assert report["linear_0.weight"] == "Q8_0 (GPTQ on 8 calibration rows)" and report["linear_0.bias"] == "F32"
-    assert report["conv2d_0.weight"].startswith("F32 (ggml's conv_2d cannot read")
+    assert report["conv2d_0.weight"].startswith("F32 (the im2col convolution cannot read")
     state = {k: np.abs(v) + 1 for k, v in compiled.initial_state().items()}
     assert mithril_ggml.calibrate(compiled, params, batch, state) == {"linear_0.weight": 4, "linear_1.weight": 4}
 

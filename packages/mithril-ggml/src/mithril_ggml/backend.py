@@ -1,4 +1,4 @@
-"""The GGML backend: float32 CPU graphs, optional int8/int4/float16 weights, ggml's autograd."""
+"""The GGML backend: float32 CPU graphs, optional quantized weights, gradients from the core's backward graph."""
 
 from __future__ import annotations
 
@@ -72,7 +72,4 @@ class GGMLBackend(HostArrays, Backend):
 
     # -- lowering ----------------------------------------------------------------------
     def lower(self, graph: Graph, options: CompileOptions) -> GGMLProgram:
-        extra = {k: v for k, v in options.extra.items() if k != "static_inference"}
-        if extra:
-            raise TypeError(f"ml.compile: unknown option(s) {sorted(extra)} for backend 'ggml'")
         return GGMLProgram(self, graph, options)

@@ -19,6 +19,7 @@ from mithril.graph import Edge
 
 from . import quant
 from .lowering import GGMLProgram, program_of
+from .ops import OPS
 
 __all__ = ["calibrate"]
 
@@ -70,12 +71,13 @@ def calibrate(
 
 
 def _quantized_layer_inputs(program: GGMLProgram, shapes: dict[str, tuple[int, ...]]) -> dict[str, list[Edge]]:
-    """For each weight stored as Q8_0/Q4_0: the input edges of the linear layers that use it."""
+    """For each weight stored as Q8_0/Q4_0: the input edges its users multiply it with (`Quantized.calibrated_by`)."""
     types = quant.choose_types(program.graph, shapes, program.backend.quantize)
     quantized = {n for n, (kind, _) in types.items() if kind in quant.BLOCK_TYPES}
     taps: dict[str, list[Edge]] = {}
     for node in program.graph.nodes:
-        weight = node.inputs.get("weight")
-        if node.primitive == "linear" and weight is not None and weight.name in quantized:
-            taps.setdefault(weight.name, []).append(node.inputs["input"])
+        for read in OPS[node.primitive].quantized_inputs:
+            weight = node.inputs.get(read.key)
+            if weight is not None and weight.name in quantized and read.calibrated_by is not None:
+                taps.setdefault(weight.name, []).append(node.inputs[read.calibrated_by])
     return taps

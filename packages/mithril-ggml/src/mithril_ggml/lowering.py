@@ -4,10 +4,12 @@ Memory is sized from the graph: contexts hold only tensor metadata (no_alloc), t
 weights and host-written tensors get one exact-size backend buffer each, and the
 intermediates are placed by ggml's graph allocator (gallocr), which reuses memory.
 Weights live in a `_WeightStore` shared by every graph of the same parameter shapes;
-they are converted (and quantized) once per params object, recognised by the identity
-of its arrays. Mutating a parameter array in place is therefore not seen: pass new
-arrays after changing weights (a new dict of the same arrays is the same weights).
-A program is not safe to call from several threads at once.
+float32 weights are read in place from the caller's arrays; converted ones (quantized,
+transposed, non-contiguous) are converted once per params object, recognised by the identity
+of its arrays, and again when a snapshot comparison finds their source written in place.
+Gradients come from the core's joint forward+backward graph (`mithril.primitives.joint_graph`),
+lowered like any forward graph: inputs and output gradients in, outputs and parameter
+gradients out. A program runs one call at a time (a lock per program), so threads may share it.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from __future__ import annotations
 import ctypes
 import math
 import operator
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ggml.ggml as G
 import numpy as np
@@ -27,10 +30,11 @@ from mithril.backend import CompileOptions, Program
 from mithril.codegen import PythonCodegen, function, static_shape
 from mithril.errors import KeyNotFoundError, MithrilError, ShapeError, UnsupportedError
 from mithril.graph import Edge, Graph, Node
+from mithril.primitives import get, joint_graph
 from mithril.validation import make_diagnose
 
 from . import quant
-from .ops import GRAD_PROBLEMS, OPS, Builder, T, check_node, ne4, prefers_out_prod
+from .ops import OPS, Builder, T, check_node, ne4, node_budget, prefers_out_prod
 
 if TYPE_CHECKING:
     from .backend import GGMLBackend
@@ -42,6 +46,7 @@ _CPU_BUFT = G.ggml_backend_get_default_buffer_type(_CPU)
 _OVERHEAD = G.ggml_tensor_overhead()
 _CTYPES = {G.GGML_TYPE_F32: ctypes.c_float, G.GGML_TYPE_I32: ctypes.c_int32}
 _PREPARED_CACHE = 2  # params objects whose converted weights are kept besides the loaded one
+_SNAPSHOT_BYTES = 1 << 16  # sources up to this size are snapshot as bytes, larger ones as arrays
 # ggml_graph_compute called through a plain function pointer on integer addresses: the
 # typed ctypes wrapper spends a few hundred ns converting its pointer arguments.
 _COMPUTE_ADDRESS = ctypes.cast(G.ggml_graph_compute, ctypes.c_void_p).value
@@ -80,6 +85,10 @@ class _WeightStore:
 
     Float32 linear weights whose shape favours ggml_out_prod (`prefers_out_prod`) also get a
     contiguous transposed copy, written with the weights, which gradient-free graphs use.
+    A contiguous float32 parameter stored as float32 is not copied: its tensor (and every graph
+    view of it) points at the caller's array, so writes into that array are seen by the next call.
+    Every other parameter is converted into the buffer and remembered by a snapshot of its source
+    (`changed`), so it is converted again when the source array is written in place.
     """
 
     def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]], mode: str | None) -> None:
@@ -90,7 +99,8 @@ class _WeightStore:
             for edge in graph.params
             if self.types[edge.name][0] == G.GGML_TYPE_F32
             and len(shapes[edge.name]) == 2
-            and {(node.primitive, key) for node, key in edge.consumers} == {("linear", "weight")}
+            and edge.consumers
+            and all(OPS[node.primitive].transposed_input == key for node, key in edge.consumers)
             and prefers_out_prod(*shapes[edge.name])
         ]
         self.ctx = _new_context(len(shapes) + len(transposable) + 1)
@@ -98,17 +108,46 @@ class _WeightStore:
         self.transposed = {name: _new_tensor(self.ctx, shapes[name][::-1], G.GGML_TYPE_F32) for name in transposable}
         self.by_address = {ctypes.addressof(self.tensors[name].contents): t for name, t in self.transposed.items()}
         self.buffer = G.ggml_backend_alloc_ctx_tensors_from_buft(self.ctx, _CPU_BUFT) if shapes else None
+        self.own = {name: tensor.contents.data for name, tensor in self.tensors.items()}
+        self.views: dict[str, list[tuple[Any, int]]] = {name: [] for name in shapes}
         self.loaded: tuple[Any, ...] | None = None
-        self.instances: dict[Any, _Instance] = {}
+        self.snapshots: list[tuple[np.ndarray, bytes | np.ndarray]] = []
+        self.instances: dict[Any, _Instance | _Empty] = {}
+
+    def add_views(self, graph: Any) -> None:
+        """Remember the nodes of `graph` that view a parameter tensor, to move them with it."""
+        roots = {ctypes.addressof(t.contents): name for name, t in self.tensors.items()}
+        for i in range(G.ggml_graph_n_nodes(graph)):
+            node = G.ggml_graph_node(graph, i)
+            source = node.contents.view_src
+            if source and ctypes.addressof(source.contents) in roots:
+                self.views[roots[ctypes.addressof(source.contents)]].append((node, node.contents.view_offs))
+
+    def _point(self, name: str, address: int) -> None:
+        """Make parameter `name`'s tensor, and the graph views of it, read memory at `address`."""
+        self.tensors[name].contents.data = address
+        for view, offset in self.views[name]:
+            view.contents.data = address + offset
 
     def load(self, names: list[str], arrays: tuple[Any, ...], prepared: list[np.ndarray]) -> None:
-        for name, data in zip(names, prepared):
+        """Point at or copy in the prepared weights of `arrays` (transposed copies after them)."""
+        self.snapshots = []
+        for name, source, data in zip(names, arrays, prepared):
             tensor = self.tensors[name]
             assert data.nbytes == G.ggml_nbytes(tensor), (name, data.nbytes, G.ggml_nbytes(tensor))
-            ctypes.memmove(tensor.contents.data, data.ctypes.data, data.nbytes)
+            if data is source and name not in self.transposed:  # float32, contiguous: read in place
+                self._point(name, data.ctypes.data)
+                continue
+            self._point(name, self.own[name])
+            ctypes.memmove(self.own[name], data.ctypes.data, data.nbytes)
+            self.snapshots.append((source, _snapshot(source)))
         for name, data in zip(self.transposed, prepared[len(names) :]):
             _view(self.transposed[name], data.shape)[...] = data
         self.loaded = arrays
+
+    def changed(self) -> bool:
+        """Whether a source array of a converted or copied weight was written since it was loaded."""
+        return not all(_same(source, snapshot) for source, snapshot in self.snapshots)
 
     def __del__(self) -> None:
         if self.buffer:
@@ -116,29 +155,40 @@ class _WeightStore:
         G.ggml_free(self.ctx)
 
 
+def _same(source: np.ndarray, snapshot: bytes | np.ndarray) -> bool:
+    """Whether `source` still holds the values of `snapshot`, bit for bit (NaN and -0.0 included)."""
+    if isinstance(snapshot, bytes):
+        return source.tobytes() == snapshot
+    return bool(np.array_equal(source.view(np.uint32), snapshot.view(np.uint32)))
+
+
+def _snapshot(array: np.ndarray) -> bytes | np.ndarray:
+    """A copy of `array`'s values to detect in-place writes: bytes when small (fastest to compare)."""
+    return array.tobytes() if array.nbytes <= _SNAPSHOT_BYTES else np.array(array, np.float32)
+
+
 class _Instance:
-    """One static ggml graph for fixed input shapes (and, for gradients, fixed seeded outputs)."""
+    """One static ggml graph for fixed input shapes (for gradients: the joint graph of fixed seeded outputs)."""
 
     def __init__(
         self,
         program: GGMLProgram,
         store: _WeightStore,
         input_shapes: tuple[tuple[int, ...], ...],
-        grad_keys: frozenset[str] | None,
+        graph: Graph,
         taps: tuple[Edge, ...] = (),
     ) -> None:
-        graph = program.graph
-        self.grad = grad_keys is not None
-        budget = sum(48 + 8 * n.attrs.get("groups", 1) for n in graph.nodes) * (4 if self.grad else 1) + 64
+        budget = sum(node_budget(n) for n in graph.nodes) + 64
         self.pctx = _new_context(4 * len(graph.edges) + 16)
-        self.gctx = _new_context(budget, G.ggml_graph_overhead_custom(budget, self.grad))
+        self.gctx = _new_context(budget, G.ggml_graph_overhead_custom(budget, False))
         self._constants: list[tuple[Any, np.ndarray]] = []
         self.writers: list[tuple[int, Callable[[Any], tuple[np.ndarray, ...]], list[tuple[Any, Any]]]] = []
         self.buffer = self.galloc = None
-        index = {e.name: i for i, e in enumerate(graph.inputs)}
+        index = {e.name: i for i, e in enumerate(program.graph.inputs)}
         values: dict[Edge, T] = {}
         self.inputs: list[tuple[Any, int]] = []
-        for edge, shape in zip(graph.inputs, input_shapes):
+        for edge in graph.inputs:
+            shape = input_shapes[index[edge.name]]
             if edge.kind == "int":
                 values[edge] = T(None, shape)
                 continue
@@ -158,38 +208,53 @@ class _Instance:
             self.writers.append((-1 if edge is None else index[edge.name], convert, list(zip(tensors, specs))))
             return tensors
 
-        builder = Builder(self.gctx, self.grad, host_tensor, program.backend._rng, store.by_address)
+        # A joint (gradient) graph's weights change every step: it reads them directly, not a W^T copy.
+        self.joint = graph is not program.graph
+        rng = cast(np.random.Generator, _BackendDraws(program.backend))
+        builder = Builder(self.gctx, host_tensor, rng, {} if self.joint else store.by_address)
+        outputs_by_name = {e.name: e for e in graph.outputs}
+        self.seeds: list[tuple[Any, str]] = []
         for node in graph.nodes:
-            args = {k: values[e] for k, e in node.inputs.items()}
-            result = OPS[node.primitive](builder, node, args)
+            args = {}
+            for k, e in node.inputs.items():
+                if e not in values and e.seed_of is not None:  # a seed: the gradient of an output
+                    shape = values[outputs_by_name[e.seed_of]].shape
+                    values[e] = T(self._persistent(shape, G.GGML_TYPE_F32), shape)
+                    self.seeds.append((values[e].tensor, e.seed_of))
+                args[k] = values[e]
+            result = OPS[node.primitive].build(builder, node, args)
             results = {next(iter(node.outputs)): result} if isinstance(result, T) else result
             for key, edge in node.outputs.items():
                 values[edge] = results[key]
                 _check_shape(node, edge, results[key])
-        outputs = {e.name: builder.cont(values[e]) for e in (*graph.outputs, *taps)}
+        params = {ctypes.addressof(t.contents) for t in store.tensors.values()}
+
+        def result(value: T) -> T:
+            # A parameter (or a view of one) may point at the caller's array: results get their own copy.
+            root = value.tensor.contents.view_src or value.tensor
+            if ctypes.addressof(root.contents) in params:
+                return T(G.ggml_cont(self.gctx, value.tensor), value.shape)
+            return builder.cont(value)
+
+        outputs = {e.name: result(values[e]) for e in (*graph.outputs, *taps)}
+        grad_edges = {e.grad_of: e for e in graph.gradients}
+        grads = {p.name: result(values[grad_edges[p.name]]) for p in graph.params if p.name in grad_edges}
         self.macs = sum(_macs(n, values) for n in graph.nodes)
-        self.seeds: list[tuple[Any, str]] = []
-        self.grads: list[tuple[str, Any, tuple[int, ...]]] = []
-        if grad_keys is not None:
-            wanted = program.params_reaching(grad_keys)
-            for edge in graph.params:
-                tensor = store.tensors[edge.name] if edge.name in wanted else None
-                if tensor is not None:
-                    G.ggml_set_param(tensor)
-                self.grads.append((edge.name, tensor, store.shapes[edge.name]))
-        self.graph = G.ggml_new_graph_custom(self.gctx, budget, self.grad)
-        for out in outputs.values():
+        self.out_shapes: dict[str, tuple[int, ...]] = {name: out.shape for name, out in outputs.items()}
+        self.grad_shapes: dict[str, tuple[int, ...]] = {name: grad.shape for name, grad in grads.items()}
+        self.graph = G.ggml_new_graph_custom(self.gctx, budget, False)
+        for out in (*outputs.values(), *grads.values()):
             _mark_output(out.tensor)
             G.ggml_build_forward_expand(self.graph, out.tensor)
-        if grad_keys is not None and any(t is not None for _, t, _ in self.grads):
-            self._backward(outputs, grad_keys)
         self._allocate()
-        self.in_views = [(_view(t, values[graph.inputs[i]].shape), i) for t, i in self.inputs]
+        store.add_views(self.graph)
+        self.in_views = [(_view(t, input_shapes[i]), i) for t, i in self.inputs]
         self.host_views = [(i, convert, [_view(t, s) for t, (s, _) in ts]) for i, convert, ts in self.writers]
         self.out_views = [(name, _view(out.tensor, out.shape)) for name, out in outputs.items()]
-        self.out_shapes = {name: out.shape for name, out in outputs.items()}
+        # int outputs (arange) are computed as float32 on ggml and handed back as int64, as torch's
+        self.int_outputs = {e.name for e in graph.outputs if e.kind == "int"}
         self.seed_views = [(_view(t, self.out_shapes[k]), k) for t, k in self.seeds]
-        self.grad_views = [(name, _view(t, shape) if t else None, shape) for name, t, shape in self.grads]
+        self.grad_views = [(name, _view(grads[name].tensor, grads[name].shape)) for name in grads]
         self.n_threads = program.backend.threads_for(self.macs)
         # One thread: a threadpool of our own (it has no worker threads) saves ggml creating
         # and freeing one on every compute. More threads: ggml's per-call pool, whose workers
@@ -208,29 +273,6 @@ class _Instance:
         G.ggml_set_input(tensor)
         return tensor
 
-    def _backward(self, outputs: dict[str, T], grad_keys: frozenset[str]) -> None:
-        """Append ggml's backward pass for loss = sum(output * seed) over the seeded outputs."""
-        loss = None
-        for key in sorted(grad_keys):
-            out = outputs[key]
-            seed = self._persistent(out.shape, G.GGML_TYPE_F32)
-            self.seeds.append((seed, key))
-            term = G.ggml_sum(self.gctx, G.ggml_mul(self.gctx, out.tensor, seed))
-            loss = term if loss is None else G.ggml_add(self.gctx, loss, term)
-        G.ggml_set_loss(loss)
-        G.ggml_build_forward_expand(self.graph, loss)
-        G.ggml_build_backward_expand(self.gctx, self.graph, None)
-        grads = []
-        for name, tensor, shape in self.grads:
-            grad = G.ggml_graph_get_grad(self.graph, tensor) if tensor is not None else None
-            if grad and not G.ggml_is_contiguous(grad):
-                grad = G.ggml_cont(self.gctx, grad)
-                G.ggml_build_forward_expand(self.graph, grad)
-            if grad:
-                _mark_output(grad)
-            grads.append((name, grad or None, shape))
-        self.grads = grads
-
     def _allocate(self) -> None:
         if G.ggml_get_first_tensor(self.pctx):
             self.buffer = G.ggml_backend_alloc_ctx_tensors_from_buft(self.pctx, _CPU_BUFT)
@@ -243,25 +285,25 @@ class _Instance:
             raise MemoryError("ggml's graph allocator failed")
 
     def run(self, xs: tuple[Any, ...], seeds: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        # Host conversions first: they check indices, so a bad one raises before anything is written.
+        converted = [(views, convert(xs[i] if i >= 0 else None)) for i, convert, views in self.host_views]
         for view, i in self.in_views:
             view[...] = xs[i]
-        for i, convert, views in self.host_views:
-            for view, value in zip(views, convert(xs[i] if i >= 0 else None)):
+        for views, values in converted:
+            for view, value in zip(views, values):
                 view[...] = value
         if seeds is not None:
             for view, key in self.seed_views:
                 view[...] = seeds[key]
-            G.ggml_graph_reset(self.graph)
         status = _COMPUTE(*self.compute_args)
         if status != G.GGML_STATUS_SUCCESS:
             _compute_failed(status)
-        return {name: view.copy() for name, view in self.out_views}
+        return {
+            name: view.astype(np.int64) if name in self.int_outputs else view.copy() for name, view in self.out_views
+        }
 
     def gradients(self) -> dict[str, np.ndarray]:
-        return {
-            name: view.copy() if view is not None else np.zeros(shape, np.float32)
-            for name, view, shape in self.grad_views
-        }
+        return {name: view.copy() for name, view in self.grad_views}
 
     def __del__(self) -> None:
         if getattr(self, "threadpool", None):
@@ -272,6 +314,44 @@ class _Instance:
             G.ggml_backend_buffer_free(self.buffer)
         G.ggml_free(self.gctx)
         G.ggml_free(self.pctx)
+
+
+class _Empty:
+    """The answer to inputs with a zero-size axis, which ggml cannot allocate (nor some of its ops build).
+
+    Output shapes come from two graphs with those axes at 1 and 2: the axes that follow are empty.
+    Outputs are empty and gradients zero (no element contributes); an output that would not be
+    empty (a reduction over the empty axis) is refused rather than guessed.
+    """
+
+    def __init__(self, program: GGMLProgram, one: _Instance | _Empty, two: _Instance | _Empty) -> None:
+        self.out_shapes: dict[str, tuple[int, ...]] = {
+            name: tuple(0 if a != b else a for a, b in zip(shape, two.out_shapes[name]))
+            for name, shape in one.out_shapes.items()
+        }
+        self.grad_shapes: dict[str, tuple[int, ...]] = one.grad_shapes
+        full = sorted(name for name, shape in self.out_shapes.items() if math.prod(shape))
+        if full:
+            raise UnsupportedError(
+                f"{program.graph.model.describe()}: backend 'ggml' cannot compute outputs {full} of an empty "
+                "input (their value would not be empty)"
+            )
+
+    def run(self, xs: tuple[Any, ...], seeds: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        return {name: np.zeros(shape, np.float32) for name, shape in self.out_shapes.items()}
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros(shape, np.float32) for name, shape in self.grad_shapes.items()}
+
+
+class _BackendDraws:
+    """The backend's generator as it is at each draw (dropout masks), so `set_seed` reaches graphs built earlier."""
+
+    def __init__(self, backend: GGMLBackend) -> None:
+        self.backend = backend
+
+    def random(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self.backend._rng.random(shape)
 
 
 def _compute_failed(status: int) -> None:
@@ -293,15 +373,11 @@ def _check_shape(node: Node, edge: Edge, value: T) -> None:
 
 
 def _macs(node: Node, values: dict[Edge, T]) -> int:
-    """Multiply-accumulates of the matrix ops (used to pick the thread count)."""
-    out = next(iter(node.outputs.values()))
-    if node.primitive == "linear":
-        return math.prod(values[out].shape) * values[node.inputs["weight"]].shape[1]
-    if node.primitive == "matmul":
-        return math.prod(values[out].shape) * values[node.inputs["right"]].shape[0]
-    if node.primitive == "conv2d":
-        return math.prod(values[out].shape) * math.prod(values[node.inputs["weight"]].shape[1:])
-    return 0
+    """Multiply-accumulates of one node from its declaration's count (used to pick the thread count)."""
+    count = get(node.primitive).macs
+    if count is None:
+        return 0
+    return count({key: values[edge].shape for key, edge in (*node.inputs.items(), *node.outputs.items())})
 
 
 class GGMLProgram(Program):
@@ -314,10 +390,15 @@ class GGMLProgram(Program):
         self.graph = graph
         self.options = options
         self.param_names = [e.name for e in graph.params]
+        # One call at a time: the graphs' input, output and weight buffers are shared by all calls.
+        self._lock = threading.Lock()
         self._stores: dict[tuple[tuple[int, ...], ...], _WeightStore] = {}
         self._last_store: _WeightStore | None = None
-        self._prepared: OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], list[np.ndarray]]] = OrderedDict()
+        self._prepared: OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], list[np.ndarray], list[Any]]] = (
+            OrderedDict()
+        )
         self.grad_problem = None if options.inference else self._find_grad_problem()
+        self._joints: dict[frozenset[str], Graph] = {}
         self._report: dict[str, str] | None = None
         self.calibration: dict[str, np.ndarray] = {}
         self._calibration_rows: dict[str, int] = {}
@@ -338,23 +419,22 @@ class GGMLProgram(Program):
 
     # -- compile-time work -----------------------------------------------------------
     def _find_grad_problem(self) -> str | None:
-        owner = self.graph.model.describe()
-        if self.backend.quantize is not None:
-            return (
-                f"{owner}: gradients need float32 weights, but the backend quantizes them "
-                f"(GGMLBackend(quantize={self.backend.quantize!r})); compile with GGMLBackend() to train"
-            )
-        needs = {e for e in self.graph.params if e.kind != "int"}
-        for node in self.graph.nodes:
-            if any(e in needs for e in node.inputs.values()):
-                problem = GRAD_PROBLEMS.get(node.primitive)
-                if problem is not None and problem.test(node):
-                    return (
-                        f"{owner}: backend 'ggml' cannot compute gradients through {node.primitive!r} "
-                        f"(used by {node.path!r}): {problem.reason}"
-                    )
-                needs.update(e for e in node.outputs.values() if e.kind == "float")
-        return None
+        if self.backend.quantize is None:
+            return None
+        return (
+            f"{self.graph.model.describe()}: gradients need float32 weights, but the backend quantizes them "
+            f"(GGMLBackend(quantize={self.backend.quantize!r})); compile with GGMLBackend() to train"
+        )
+
+    def joint(self, grad_keys: frozenset[str]) -> Graph:
+        """The core's forward+backward graph seeded at the outputs `grad_keys`, built once per subset."""
+        joint = self._joints.get(grad_keys)
+        if joint is None:
+            joint = joint_graph(self.graph, sorted(grad_keys), OPS.__contains__)
+            for node in joint.nodes:
+                check_node(node)
+            self._joints[grad_keys] = joint
+        return joint
 
     def _build_static(self) -> tuple[_WeightStore, _Instance] | None:
         """With every shape known at compile time, build the forward graph now."""
@@ -364,7 +444,7 @@ class GGMLProgram(Program):
             return None
         store = self._store(tuple(params))  # type: ignore[arg-type]
         key = tuple(inputs)
-        inst = store.instances[key] = _Instance(self, store, key, None)  # type: ignore[arg-type]
+        inst = store.instances[key] = _Instance(self, store, key, self.graph)  # type: ignore[arg-type]
         return store, inst
 
     def _static_forward(self, gen: PythonCodegen, load: list[str], store: _WeightStore, inst: _Instance) -> str:
@@ -376,33 +456,35 @@ class GGMLProgram(Program):
         # A weak reference: the function is an attribute of this program, and a cycle would keep
         # the ggml buffers alive until the next garbage collection instead of freeing them with it.
         weights = gen.constant(weakref.WeakMethod(self._weights), "weights")
-        lines = [
-            *load,
-            f"loaded = {gen.constant(store, 'store')}.loaded",
-            f"if loaded is None{stale}:",
+        store_name = gen.constant(store, "store")
+        converted = [
+            f"{gen.constant(convert, 'c')}({'None' if i < 0 else names[i]})" for i, convert, _ in inst.host_views
+        ]
+        body = [
+            f"loaded = {store_name}.loaded",
+            f"if loaded is None{stale} or {store_name}.changed():",
             f"    {weights}()(params, ({''.join(f'{p}, ' for p in params)}))",
         ]
-        lines += [f"{gen.constant(view, 'x')}[...] = {names[i]}" for view, i in inst.in_views]
-        for i, convert, views in inst.host_views:
-            source = "None" if i < 0 else names[i]
-            lines.append(f"for view, value in zip({gen.constant(views, 'h')}, {gen.constant(convert, 'c')}({source})):")
-            lines.append("    view[...] = value")
+        body += [f"{gen.constant(view, 'x')}[...] = {names[i]}" for view, i in inst.in_views]
+        for n, (_, _, views) in enumerate(inst.host_views):
+            body.append(f"for view, value in zip({gen.constant(views, 'h')}, converted{n}):")
+            body.append("    view[...] = value")
         graph, plan = inst.compute_args
-        lines += [
+        as_int = f"astype({gen.constant(np.int64, 'int')})"
+        outputs = ", ".join(
+            f"{name!r}: {gen.constant(view, 'y')}.{as_int if name in inst.int_outputs else 'copy()'}"
+            for name, view in inst.out_views
+        )
+        body += [
             f"status = {gen.constant(_COMPUTE, 'compute')}({graph}, {plan})",
             f"if status != {G.GGML_STATUS_SUCCESS}:",
             f"    {gen.constant(_compute_failed, 'failed')}(status)",
+            f"return {{{outputs}}}",
         ]
-        outputs = ", ".join(f"{name!r}: {gen.constant(view, 'y')}.copy()" for name, view in inst.out_views)
-        return function("forward", "params, inputs", [*lines, f"return {{{outputs}}}"])
-
-    def params_reaching(self, grad_keys: frozenset[str]) -> set[str]:
-        """Float parameters that the outputs in `grad_keys` depend on."""
-        needed = {e for e in self.graph.outputs if e.name in grad_keys}
-        for node in reversed(self.graph.nodes):
-            if any(e in needed for e in node.outputs.values()):
-                needed.update(node.inputs.values())
-        return {e.name for e in self.graph.params if e in needed and e.kind == "float"}
+        # Host conversions (index checks) run before the lock: a bad index raises before any work.
+        lines = [*load, *(f"converted{n} = {c}" for n, c in enumerate(converted))]
+        lines += [f"with {gen.constant(self._lock, 'lock')}:", *(f"    {line}" for line in body)]
+        return function("forward", "params, inputs", lines)
 
     # -- weights ---------------------------------------------------------------------
     def _store(self, shapes: tuple[tuple[int, ...], ...]) -> _WeightStore:
@@ -414,29 +496,43 @@ class GGMLProgram(Program):
         return store
 
     def _weights(self, params: Mapping[str, Any], ps: tuple[Any, ...]) -> _WeightStore:
+        """The store holding weights for the arrays `ps`, loaded unless it already holds their current values."""
         store = self._last_store
-        if store is not None:  # the same arrays as last call: skip the shape key and the lookup
-            loaded = store.loaded
-            if loaded is not None and len(loaded) == len(ps) and all(map(operator.is_, loaded, ps)):
+        if store is not None and store.loaded is not None and all(map(operator.is_, store.loaded, ps)):
+            if not store.changed():  # the same arrays as last call: skip the shape key and the lookup
                 return store
+            return self._reload(params, ps, store, fresh=True)
         store = self._last_store = self._store(tuple(tuple(p.shape) for p in ps))
         loaded = store.loaded
         if loaded is not None and len(loaded) == len(ps) and all(a is b for a, b in zip(loaded, ps)):
-            return store
+            return store if not store.changed() else self._reload(params, ps, store, fresh=True)
+        return self._reload(params, ps, store, fresh=False)
+
+    def _reload(self, params: Mapping[str, Any], ps: tuple[Any, ...], store: _WeightStore, fresh: bool) -> _WeightStore:
+        """Load `ps` into `store`; converted weights come from the cache unless `fresh` or their sources changed."""
         key = tuple(id(p) for p in ps)
         cached = self._prepared.get(key)
-        if cached is not None and all(a is b for a, b in zip(cached[0], ps)):
+        if (
+            not fresh
+            and cached is not None
+            and all(a is b for a, b in zip(cached[0], ps))
+            and all(_same(source, snapshot) for source, snapshot in cached[2])
+        ):
             prepared = cached[1]
         else:
-            prepared = self._convert(params, ps, store)
-            self._prepared[key] = (ps, prepared)
-            while len(self._prepared) > _PREPARED_CACHE:
-                self._prepared.popitem(last=False)
+            prepared = self._convert(params, ps, store, fresh)
         store.load(self.param_names, ps, prepared)
+        self._prepared[key] = (ps, prepared, store.snapshots)
+        self._prepared.move_to_end(key)
+        while len(self._prepared) > _PREPARED_CACHE:
+            self._prepared.popitem(last=False)
         return store
 
-    def _convert(self, params: Mapping[str, Any], ps: tuple[Any, ...], store: _WeightStore) -> list[np.ndarray]:
-        stored = getattr(params, "stored", {})
+    def _convert(
+        self, params: Mapping[str, Any], ps: tuple[Any, ...], store: _WeightStore, fresh: bool = False
+    ) -> list[np.ndarray]:
+        """Weights in their storage types; the stored bytes of GGUF params are used unless `fresh`."""
+        stored = {} if fresh else getattr(params, "stored", {})
         out = []
         for name, array in zip(self.param_names, ps):
             kind = store.types[name][0]
@@ -451,24 +547,26 @@ class GGMLProgram(Program):
 
     def calibrate(self, hessians: dict[str, np.ndarray], rows: dict[str, int]) -> None:
         """Quantize weights with GPTQ on these input Gram matrices, from `rows` samples each, from now on."""
-        self.calibration = hessians
-        self._calibration_rows = rows
-        self._prepared.clear()
-        for store in self._stores.values():
-            store.loaded = None
-        self._last_store = None
+        with self._lock:
+            self.calibration = hessians
+            self._calibration_rows = rows
+            self._prepared.clear()
+            for store in self._stores.values():
+                store.loaded = None
+            self._last_store = None
 
     def activations(
         self, params: Mapping[str, Any], inputs: Mapping[str, Any], taps: tuple[Edge, ...]
     ) -> dict[str, Any]:
         """Outputs and the values of the `taps` edges, from a graph built once per input shapes and taps."""
         xs, ps = self._check(params, inputs)
-        store = self._weights(params, ps)
-        key = (tuple(tuple(x.shape) for x in xs), taps)
-        inst = store.instances.get(key)
-        if inst is None:
-            inst = store.instances[key] = _Instance(self, store, key[0], None, taps)
-        return inst.run(xs)
+        with self._lock:
+            store = self._weights(params, ps)
+            key = (tuple(tuple(x.shape) for x in xs), taps)
+            inst = store.instances.get(key)
+            if inst is None:
+                inst = store.instances[key] = _Instance(self, store, key[0], self.graph, taps)
+            return inst.run(xs)
 
     @property
     def quantization_report(self) -> dict[str, str]:
@@ -483,18 +581,30 @@ class GGMLProgram(Program):
         return {k: f"{v} (GPTQ on {rows[k]} calibration rows)" if k in rows else v for k, v in self._report.items()}
 
     # -- running ---------------------------------------------------------------------
-    def _instance(self, store: _WeightStore, xs: tuple[Any, ...], grad_keys: frozenset[str] | None) -> _Instance:
+    def _instance(
+        self, store: _WeightStore, xs: tuple[Any, ...], grad_keys: frozenset[str] | None
+    ) -> _Instance | _Empty:
+        """The graph for these input shapes (and seeded outputs), built on first use; `_Empty` for empty inputs."""
         shapes = tuple(tuple(x.shape) for x in xs)
         key: Any = shapes if grad_keys is None else (shapes, grad_keys)
         inst = store.instances.get(key)
         if inst is None:
-            inst = store.instances[key] = _Instance(self, store, shapes, grad_keys)
+            if any(0 in shape for shape in shapes):
+                one, two = ([np.empty([d or n for d in s], np.float32) for s in shapes] for n in (1, 2))
+                inst = _Empty(
+                    self, self._instance(store, tuple(one), grad_keys), self._instance(store, tuple(two), grad_keys)
+                )
+            else:
+                graph = self.graph if grad_keys is None else self.joint(grad_keys)
+                inst = _Instance(self, store, shapes, graph)
+            store.instances[key] = inst
         return inst
 
     def forward(self, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
         xs, ps = self._check(params, inputs)
-        store = self._weights(params, ps)
-        return self._instance(store, xs, None).run(xs)
+        with self._lock:
+            store = self._weights(params, ps)
+            return self._instance(store, xs, None).run(xs)
 
     def forward_backward(
         self, params: Mapping[str, Any], inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
@@ -503,20 +613,26 @@ class GGMLProgram(Program):
             raise UnsupportedError(self.grad_problem)
         xs, ps = self._check(params, inputs)
         names = {e.name for e in self.graph.outputs}
-        if not isinstance(output_gradients, Mapping) or not output_gradients or set(output_gradients) - names:
-            given = sorted(map(str, output_gradients)) if isinstance(output_gradients, Mapping) else output_gradients
-            raise KeyNotFoundError(
-                f"{self.graph.model.describe()}: output_gradients keys {given} must be a non-empty subset of "
-                f"the outputs {sorted(names)}"
+        owner = self.graph.model.describe()
+        if not isinstance(output_gradients, Mapping):
+            raise TypeError(
+                f"{owner}: output_gradients must be a dict from output name to gradient array (outputs "
+                f"{sorted(names)}), got {type(output_gradients).__name__}"
             )
-        store = self._weights(params, ps)
-        inst = self._instance(store, xs, frozenset(output_gradients))
-        for key, grad in output_gradients.items():
-            if not isinstance(grad, np.ndarray) or grad.shape != inst.out_shapes[key]:
-                outs = {k: np.empty(s, np.float32) for k, s in inst.out_shapes.items()}
-                self.diagnose(params, inputs, output_gradients, outs)
-        outputs = inst.run(xs, output_gradients)
-        return outputs, inst.gradients()
+        if not output_gradients or set(output_gradients) - names:
+            raise KeyNotFoundError(
+                f"{owner}: output_gradients keys {sorted(map(str, output_gradients))} must be a non-empty subset "
+                f"of the outputs {sorted(names)}"
+            )
+        with self._lock:
+            store = self._weights(params, ps)
+            inst = self._instance(store, xs, frozenset(output_gradients))
+            for key, grad in output_gradients.items():
+                if not isinstance(grad, np.ndarray) or grad.shape != inst.out_shapes[key] or grad.dtype != np.float32:
+                    outs = {k: np.empty(s, np.float32) for k, s in inst.out_shapes.items()}
+                    self.diagnose(params, inputs, output_gradients, outs)
+            outputs = inst.run(xs, output_gradients)
+            return outputs, inst.gradients()
 
 
 def program_of(compiled: Any, caller: str) -> GGMLProgram:

@@ -1,9 +1,10 @@
 """Weight storage types: which parameter gets which ggml type, and conversion of the bytes.
 
-Activations always stay float32. Under "int8"/"int4" only Linear weights whose input
-dimension is a multiple of 32 (ggml's block size) become Q8_0/Q4_0; the others stay
-float32 and say why in the report. Conv2d kernels become F16 under "float16" and stay
-float32 under "int8"/"int4" because ggml's conv_2d cannot read a quantized kernel.
+Activations always stay float32. Which parameters may be stored quantized is said by the
+`quantized_inputs` of each primitive's `OPS` entry: under "int8"/"int4" Linear weights whose
+input dimension is a multiple of 32 (ggml's block size) become Q8_0/Q4_0; the others stay
+float32 and say why in the report. Conv kernels become F16 under "float16" and stay
+float32 under "int8"/"int4" because the im2col convolution cannot read a quantized kernel.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import ggml.ggml as G
 import numpy as np
 
 from mithril.graph import Graph
+
+from .ops import OPS, Quantized
 
 __all__ = ["QUANTIZE_MODES", "TYPE_NAMES", "BLOCK_TYPES", "choose_types", "prepare", "keep_block_sums", "gptq"]
 
@@ -35,26 +38,31 @@ _BLOCK = 32
 
 
 def choose_types(graph: Graph, shapes: Mapping[str, tuple[int, ...]], mode: str | None) -> dict[str, tuple[int, str]]:
-    """For each parameter: (ggml type, report line)."""
+    """For each parameter: (ggml type, report line); a parameter is quantized when every use reads it so."""
     target = QUANTIZE_MODES[mode]
     out: dict[str, tuple[int, str]] = {}
     for edge in graph.params:
-        uses = {(node.primitive, key) for node, key in edge.consumers}
+        reads = [_quantized_read(node.primitive, key) for node, key in edge.consumers]
+        usable = [r for r in reads if r is not None]
         shape = shapes[edge.name]
-        kind = G.GGML_TYPE_F32
-        note = "F32"
-        if target != G.GGML_TYPE_F32 and uses == {("linear", "weight")}:
-            if target == G.GGML_TYPE_F16 or shape[1] % _BLOCK == 0:
-                kind, note = target, TYPE_NAMES[target]
-            else:
-                note = f"F32 (input dimension {shape[1]} is not a multiple of {_BLOCK}, needed by {TYPE_NAMES[target]})"
-        elif target != G.GGML_TYPE_F32 and uses == {("conv2d", "weight")}:
-            if target == G.GGML_TYPE_F16:
-                kind, note = target, "F16"
-            else:
-                note = f"F32 (ggml's conv_2d cannot read a {TYPE_NAMES[target]} kernel)"
+        kind, note = G.GGML_TYPE_F32, "F32"
+        if target == G.GGML_TYPE_F32 or not reads or len(usable) < len(reads):
+            pass
+        elif target == G.GGML_TYPE_F16:
+            kind, note = target, TYPE_NAMES[target]
+        elif refused := next((r.blocks_refused for r in usable if r.blocks_refused), None):
+            note = f"F32 ({refused.format(type=TYPE_NAMES[target])})"
+        elif shape[-1] % _BLOCK:
+            note = f"F32 (input dimension {shape[-1]} is not a multiple of {_BLOCK}, needed by {TYPE_NAMES[target]})"
+        else:
+            kind, note = target, TYPE_NAMES[target]
         out[edge.name] = (kind, note)
     return out
+
+
+def _quantized_read(primitive: str, key: str) -> Quantized | None:
+    """How `primitive` reads its input `key` quantized (its `OPS` entry), or None when only as float32."""
+    return next((q for q in OPS[primitive].quantized_inputs if q.key == key), None)
 
 
 def prepare(array: np.ndarray, kind: int, hessian: np.ndarray | None = None) -> np.ndarray:

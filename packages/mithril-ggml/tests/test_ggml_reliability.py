@@ -1,0 +1,131 @@
+"""GGML reliability (issue 13): threads, in-place weight updates, empty batches, argument and index errors."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import mithril as ml
+from mithril.errors import IndexRangeError
+from mithril.models import CrossEntropyLoss, Embedding, Model
+from mithril.testing.models import quickstart_mlp
+from mithril.testing.reliability import BackendReliability
+
+
+@pytest.mark.parametrize("shapes", [{"input": [8, 20]}, None], ids=["static", "symbolic"])
+def test_concurrent_calls_match_single_threaded_results(shapes: dict[str, list[int]] | None) -> None:
+    compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes=shapes)
+    params = (
+        compiled.randomize_params(seed=0)
+        if shapes
+        else ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes={"input": [8, 20]}).randomize_params(seed=0)
+    )
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((8, 20)).astype(np.float32) for _ in range(16)]
+    gs = [rng.standard_normal((8, 10)).astype(np.float32) for _ in range(16)]
+    want = [compiled.evaluate(params, {"input": x})["output"] for x in xs]
+    want_grads = [compiled.evaluate(params, {"input": x}, {"output": g})[1] for x, g in zip(xs, gs)]
+
+    def call(i: int) -> bool:
+        j = i % 16
+        if i % 2:
+            _, grads = compiled.evaluate(params, {"input": xs[j]}, {"output": gs[j]})
+            return all(np.array_equal(grads[k], want_grads[j][k]) for k in grads)
+        return bool(np.array_equal(compiled.evaluate(params, {"input": xs[j]})["output"], want[j]))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(call, range(160)))
+
+
+@pytest.mark.parametrize("quantize", [None, "float16", "int8"])
+@pytest.mark.parametrize("shapes", [{"input": [4, 64]}, None], ids=["static", "symbolic"])
+def test_in_place_parameter_writes_are_seen(quantize: str | None, shapes: dict[str, list[int]] | None) -> None:
+    model = Model()
+    model |= ml.models.Linear(dimension=64)  # 64 -> 64: int8 blocks apply
+    model += ml.models.Relu()
+    model += ml.models.Linear(dimension=32)
+    backend = ml.GGMLBackend(quantize=quantize)
+    compiled = ml.compile(model, backend, shapes=shapes, inference=quantize is not None)
+    params = ml.compile(model, ml.NumpyBackend(), shapes={"input": [4, 64]}).randomize_params(seed=3)
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    x = {"input": np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)}
+    compiled.evaluate(params, x)
+    for key in params:
+        params[key][...] = params[key] * 2 + 0.25
+        fresh = ml.compile(model, backend, shapes=shapes, inference=quantize is not None)
+        want = fresh.evaluate({k: v.copy() for k, v in params.items()}, x)["output"]
+        np.testing.assert_array_equal(compiled.evaluate(params, x)["output"], want, err_msg=key)
+
+
+def test_in_place_writes_reach_gradients_and_the_transposed_weight_copy() -> None:
+    compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes={"input": [32, 20]})
+    reference = ml.compile(quickstart_mlp(), ml.NumpyBackend(dtype=ml.float32), shapes={"input": [32, 20]})
+    params = compiled.randomize_params(seed=4)
+    x = {"input": np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32)}
+    g = {"output": np.ones((32, 10), np.float32)}
+    for step in range(3):
+        params["linear_0.weight"][step, :] = 5.0  # the 20 -> 64 weight is read through a W^T copy
+        np.testing.assert_allclose(
+            compiled.evaluate(params, x)["output"], reference.evaluate(params, x)["output"], rtol=1e-5, atol=1e-5
+        )
+        grads, want = compiled.evaluate(params, x, g)[1], reference.evaluate(params, x, g)[1]
+        for key in want:
+            np.testing.assert_allclose(grads[key], want[key], rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+def test_empty_batch_returns_empty_outputs_and_zero_gradients() -> None:
+    compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend())
+    params = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes={"input": [1, 20]}).randomize_params(seed=0)
+    x = {"input": np.zeros((0, 20), np.float32)}
+    out = compiled.evaluate(params, x)["output"]
+    assert out.shape == (0, 10) and out.dtype == np.float32
+    out, grads = compiled.evaluate(params, x, {"output": np.zeros((0, 10), np.float32)})
+    assert out["output"].shape == (0, 10)
+    assert all(grads[k].shape == params[k].shape and not grads[k].any() for k in params)
+    np.testing.assert_array_equal(  # the program still works afterwards
+        compiled.evaluate(params, {"input": np.ones((2, 20), np.float32)})["output"].shape, (2, 10)
+    )
+
+
+def test_output_gradients_of_the_wrong_type_say_what_is_expected() -> None:
+    compiled = ml.compile(quickstart_mlp(), ml.GGMLBackend(), shapes={"input": [2, 20]})
+    params, x = compiled.randomize_params(seed=0), {"input": np.ones((2, 20), np.float32)}
+    with pytest.raises(TypeError, match=r"output_gradients must be a dict from output name .*got ndarray"):
+        compiled.evaluate(params, x, np.ones((2, 10), np.float32))  # type: ignore[arg-type]
+    with pytest.raises(ml.KeyNotFoundError, match=r"keys \['logits'\] must be a non-empty subset"):
+        compiled.evaluate(params, x, {"logits": np.ones((2, 10), np.float32)})
+
+
+@pytest.mark.parametrize("bad", [5, -1, 100])
+def test_embedding_index_out_of_range_is_refused(bad: int) -> None:
+    model = Model()
+    model |= Embedding(num_embeddings=5, embedding_dim=3)
+    compiled = ml.compile(model, ml.GGMLBackend())
+    params = {k: np.ones(v, np.float32) for k, v in {"embedding_0.weight": (5, 3)}.items()}
+    with pytest.raises(IndexRangeError, match=rf"'input'\]? holds index {bad}, outside the valid range \[0, 5\)"):
+        compiled.evaluate(params, {"input": np.array([[0, bad]])})
+
+
+@pytest.mark.parametrize("bad", [3, -2])
+def test_cross_entropy_class_out_of_range_is_refused(bad: int) -> None:
+    model = Model()
+    model |= CrossEntropyLoss()
+    compiled = ml.compile(model, ml.GGMLBackend())
+    logits = np.zeros((2, 3), np.float32)
+    ok = compiled.evaluate(
+        {}, {"input": logits, "crossentropyloss_0.target": np.array([0, -100])}
+    )  # ignore_index is allowed
+    assert np.isfinite(ok["output"])
+    with pytest.raises(
+        IndexRangeError,
+        match=rf"'crossentropyloss_0.target'\]? holds (class|index) {bad}, outside the valid range \[0, 3\)",
+    ):
+        compiled.evaluate({}, {"input": logits, "crossentropyloss_0.target": np.array([0, bad])})
+
+
+class TestGGMLReliability(BackendReliability):
+    """The core's checks: the float dtype rule (float32 only here), threads, in-place writes."""
+
+    backend_name = "ggml"
