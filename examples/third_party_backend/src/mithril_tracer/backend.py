@@ -1,9 +1,13 @@
-"""The tracer backend: NumPy code from the core's generator, with every primitive call recorded.
+"""The tracer backend: lowers only the core set, and records every primitive it executes.
 
-Each `evaluate` call of a compiled model starts a new `Trace`; every primitive the
-generated code executes (forward ops, and the gradient rules of the backward pass)
-appends an `OpRecord` with its input and output shapes. `backend.trace` is the last
-call's trace, `backend.history` the most recent ones.
+Its op table is exactly `mithril.primitives.CORE_SET` (NumPy implementations of those
+primitives): the core decomposes every composite before lowering, and builds the backward
+pass as a graph of core primitives (`mithril.primitives.joint_graph`), so the tracer runs
+every layer, forward and backward, without lowering any composite itself.
+
+Each `evaluate` call of a compiled model starts a new `Trace`; every primitive the generated
+code executes appends an `OpRecord` with its input and output shapes, in phase "forward" or
+"backward". `backend.trace` is the last call's trace, `backend.history` the most recent ones.
 """
 
 from __future__ import annotations
@@ -17,20 +21,18 @@ import numpy as np
 
 import mithril as ml
 from mithril.backend import Backend, CompileOptions, OpImpl, Program
-from mithril.codegen import GradientSubsets, PythonCodegen, forward_function, vjp_functions
+from mithril.codegen import GradientSubsets, PythonCodegen, forward_function, joint_functions
 from mithril.dtypes import DType
 from mithril.graph import Edge, Graph, Node
 from mithril.host_arrays import HostArrays
+from mithril.primitives import CORE_SET, joint_graph
 from mithril.validation import make_diagnose
 from mithril_numpy import ops as numpy_ops
-from mithril_numpy import vjps as numpy_vjps
 
-__all__ = ["TracerBackend", "OpRecord", "Trace", "UNSUPPORTED"]
+__all__ = ["TracerBackend", "OpRecord", "Trace", "OPS"]
 
-# Primitives this backend leaves out on purpose: compiling a model that uses one fails with
-# UnsupportedError naming it (the conformance kit checks that).
-UNSUPPORTED = frozenset({"conv2d", "max_pool2d", "avg_pool2d", "dropout"})
-
+# The core set, implemented with NumPy's op implementations: nothing more.
+OPS: dict[str, OpImpl] = {name: numpy_ops.OPS[name] for name in sorted(CORE_SET)}
 
 Shape = tuple[int, ...]
 
@@ -41,7 +43,7 @@ class OpRecord:
 
     primitive: str
     path: str
-    phase: str  # "forward", or "backward" for a gradient rule
+    phase: str  # "forward", or "backward" for the nodes of the backward pass
     input_shapes: tuple[Shape, ...]
     output_shapes: tuple[Shape, ...]
 
@@ -63,41 +65,50 @@ class Trace:
         for op in self.ops:
             ins = ", ".join(map(str, op.input_shapes))
             outs = ", ".join(map(str, op.output_shapes))
-            rows.append(f"  {op.phase:<8} {op.primitive:<12} {op.path:<20} {ins} -> {outs}")
+            rows.append(f"  {op.phase:<8} {op.primitive:<16} {op.path:<28} {ins} -> {outs}")
         return "\n".join(rows)
 
 
 class TracingCodegen(PythonCodegen):
-    """PythonCodegen whose every op expression is wrapped in a call to `_record`."""
+    """PythonCodegen whose every op expression is wrapped in a call to `_record`.
+
+    In a joint graph the nodes from `graph.forward_count` on are the backward pass.
+    """
+
+    def __init__(self, graph: Graph, backend: Backend, ops: Mapping[str, OpImpl], namespace: Mapping[str, Any]) -> None:
+        super().__init__(graph, backend, ops, namespace)
+        first_backward = len(graph.nodes) if graph.forward_count < 0 else graph.forward_count
+        self.phases = {id(n): "backward" if i >= first_backward else "forward" for i, n in enumerate(graph.nodes)}
 
     def expr(self, node: Node, impl: OpImpl, args: Mapping[str, str]) -> str:
         inner = super().expr(node, impl, args)
-        phase = "forward" if impl is self.ops[node.primitive] else "backward"
         inputs = "".join(f"{args[key]}, " for key in node.inputs)
-        return f"_record({node.primitive!r}, {node.path!r}, {phase!r}, ({inputs}), {inner})"
+        return f"_record({node.primitive!r}, {node.path!r}, {self.phases[id(node)]!r}, ({inputs}), {inner})"
 
 
 class TracerProgram(Program):
-    """Generated forward (and backward) functions; each call opens a new trace on the backend."""
+    """Generated forward and forward_backward functions; each call opens a new trace on the backend."""
 
     def __init__(self, backend: TracerBackend, graph: Graph, options: CompileOptions) -> None:
         self.backend = backend
         self.graph = graph
-        namespace = {
+        self.table = backend.op_table()
+        self.namespace = {
             **numpy_ops.NAMESPACE,
-            **numpy_vjps.NAMESPACE,
+            "_backend": backend,
             "_record": backend.record,
             "_partial": GradientSubsets(graph, self._subset_function),
         }
-        self.gen = TracingCodegen(graph, backend, backend.op_table(), namespace, numpy_vjps.VJPS)
-        self.diagnose = self.gen.constant(make_diagnose(graph, backend), "diagnose")
-        if options.inference:
-            self.source = forward_function(self.gen, self.diagnose)
-        else:
-            self.source = vjp_functions(self.gen, self.diagnose, graph.outputs, "np.zeros_like({})", "_partial")
-        functions = self.gen.build(self.source, options.file_path)
+        gen = TracingCodegen(graph, backend, self.table, self.namespace)
+        self.diagnose = make_diagnose(graph, backend)
+        self.source = forward_function(gen, gen.constant(self.diagnose, "diagnose"))
+        if not options.inference:
+            joint = self._joint_codegen(graph.outputs)
+            self.source += "\n\n" + joint_functions(joint, joint.constant(self.diagnose, "diagnose"), "_partial")
+            gen.namespace.update(joint.namespace)
+        functions = gen.build(self.source, options.file_path)
         self._forward = functions["forward"]
-        self._forward_backward = functions.get("forward_backward")  # absent when compiled for inference
+        self._forward_backward: Any = functions.get("forward_backward")  # absent when compiled for inference
 
     def forward(self, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
         self.backend.begin("forward")
@@ -111,14 +122,19 @@ class TracerProgram(Program):
         result: tuple[dict[str, Any], dict[str, Any]] = self._forward_backward(params, inputs, output_gradients)
         return result
 
+    def _joint_codegen(self, seeds: list[Edge]) -> TracingCodegen:
+        """Code generator for the core's forward-and-backward graph seeded at `seeds`, in core primitives."""
+        joint = joint_graph(self.graph, [e.name for e in seeds], self.table.__contains__)
+        return TracingCodegen(joint, self.backend, self.table, self.namespace)
+
     def _subset_function(self, edges: list[Edge]) -> Any:
         """forward_backward seeded by the gradients of `edges` only (the core caches one per subset)."""
-        source = vjp_functions(self.gen, self.diagnose, edges, "np.zeros_like({})", None)
-        return self.gen.build(source)["forward_backward"]
+        gen = self._joint_codegen(edges)
+        return gen.build(joint_functions(gen, gen.constant(self.diagnose, "diagnose"), None))["forward_backward"]
 
 
 class TracerBackend(HostArrays, Backend):
-    """NumPy on the CPU (float32, float64) with an op-level trace of every evaluate call.
+    """NumPy on the CPU (float32, float64), lowering only the core set, with an op-level trace of every call.
 
     history: how many traces `backend.history` keeps (the oldest are dropped).
     """
@@ -127,7 +143,7 @@ class TracerBackend(HostArrays, Backend):
     supported_dtypes = (ml.float32, ml.float64)
     supports_gradients = True
     supports_jit = False
-    ops = {k: v for k, v in numpy_ops.OPS.items() if k not in UNSUPPORTED}
+    ops = OPS
 
     def __init__(self, dtype: DType | str = ml.float32, device: str = "cpu", history: int = 16) -> None:
         if device != "cpu":
@@ -155,7 +171,4 @@ class TracerBackend(HostArrays, Backend):
 
     # -- lowering ------------------------------------------------------------------------------
     def lower(self, graph: Graph, options: CompileOptions) -> TracerProgram:
-        unknown = sorted(set(options.extra) - {"static_inference"})
-        if unknown:
-            raise TypeError(f"ml.compile: unknown option(s) {unknown} for backend 'tracer'")
         return TracerProgram(self, graph, options)
