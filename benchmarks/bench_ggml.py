@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -54,6 +56,43 @@ def small_rows() -> list[Row]:
         )
     )
     return rows
+
+
+def _against_numpy(name: str, build: Callable[[], Any], shape: list[int], *, forward: bool) -> list[Row]:
+    """Float32 GGML against the NumPy backend for one model in training mode: fwd (if asked) and fwd+bwd."""
+    import mithril as ml
+
+    numpy = ml.compile(build(), ml.NumpyBackend(), shapes={"input": shape})
+    ggml = ml.compile(build(), ml.GGMLBackend(), shapes={"input": shape})
+    params = numpy.randomize_params(seed=0)
+    x = {"input": ml.NumpyBackend().randn(*shape)}
+    grads = {"output": ml.NumpyBackend().randn(shape[0], 10)}
+    rows: list[Row] = []
+    if forward:
+        rows.append(
+            (
+                f"{name} fwd, ggml f32",
+                *compare(lambda: ggml.evaluate(params, x), lambda: numpy.evaluate(params, x)),
+                None,
+            )
+        )
+    rows.append(
+        (
+            f"{name} fwd+bwd, ggml f32",
+            *compare(lambda: ggml.evaluate(params, x, grads), lambda: numpy.evaluate(params, x, grads)),
+            None,
+        )
+    )
+    return rows
+
+
+def cnn_rows() -> list[Row]:
+    """The quick start CNN (batch 32, 3x32x32: fwd+bwd) and quickstart_cnn1d (batch 32, 4x64: fwd, fwd+bwd)."""
+    from mithril.testing.models import quickstart_cnn, quickstart_cnn1d
+
+    return _against_numpy("CNN 3x32x32 b32", quickstart_cnn, [32, 3, 32, 32], forward=False) + _against_numpy(
+        "1-D CNN 4x64 b32", quickstart_cnn1d, [32, 4, 64], forward=True
+    )
 
 
 def memory_bound_rows(threads: int | None) -> list[Row]:
@@ -144,6 +183,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"GGML backend benchmark, {cores} available cores")
     print_table("Small MLP: GGML float32 vs NumPy backend (ratio < 1: GGML faster)", small_rows())
+    print_table("CNNs, training mode: GGML float32 vs NumPy backend (ratio < 1: GGML faster)", cnn_rows())
     for threads in (1, None):
         label = "all cores" if threads is None else f"{threads} thread"
         print_table(

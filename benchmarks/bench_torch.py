@@ -1,4 +1,4 @@
-"""Per-call cost of the compiled quick start MLP and CNN on the PyTorch backend against hand-written torch."""
+"""Per-call cost of the compiled quick start MLP, CNN and 1-D CNN on the PyTorch backend vs hand-written torch."""
 
 from __future__ import annotations
 
@@ -91,11 +91,54 @@ def cnn_rows() -> list[Row]:
     ]
 
 
+def cnn1d_rows() -> list[Row]:
+    """quickstart_cnn1d in training mode (batch statistics, running statistics updated), batch 32, 4x64."""
+    import mithril as ml
+    from mithril.testing.models import quickstart_cnn1d
+
+    backend = ml.TorchBackend(dtype=ml.float32)
+    compiled = ml.compile(quickstart_cnn1d(), backend, shapes={"input": [32, 4, 64]})
+    params = compiled.randomize_params(seed=0)
+    x = backend.randn(32, 4, 64)
+    g = backend.ones(32, 10)
+    inputs, grads = {"input": x}, {"output": g}
+    keys = list(params)
+    leaves = tuple(params[k].detach().clone().requires_grad_() for k in keys)
+    stats = [backend.zeros(16), backend.ones(16)]
+
+    def network(values: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        p = dict(zip(keys, values))
+        h = F.conv1d(x, p["conv1d_0.weight"], p["conv1d_0.bias"], 1, 2)
+        h = F.batch_norm(h, *stats, p["batchnorm1d_0.weight"], p["batchnorm1d_0.bias"], True, 0.1, 1e-5)
+        h = F.max_pool1d(torch.relu(h), 2)
+        return F.linear(torch.flatten(h, 1), p["linear_0.weight"], p["linear_0.bias"])
+
+    values = tuple(params[k] for k in keys)
+
+    def hand_forward() -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {"output": network(values)}
+
+    def hand_backward() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        out = network(leaves)
+        return {"output": out.detach()}, dict(zip(keys, torch.autograd.grad((out,), leaves, (g,), allow_unused=True)))
+
+    torch.testing.assert_close(compiled.evaluate(params, inputs)["output"], hand_forward()["output"])
+    fwd = compare(lambda: compiled.evaluate(params, inputs), hand_forward)
+    bwd = compare(lambda: compiled.evaluate(params, inputs, grads), hand_backward)
+    return [
+        ("1-D CNN 4x64, batch 32, train: forward", *fwd, 1.05),
+        ("1-D CNN 4x64, batch 32, train: forward+backward", *bwd, 1.05),
+    ]
+
+
 def main() -> None:
     t0 = time.perf_counter()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print_table("PyTorch backend vs hand-written torch (float32, cpu, single thread)", mlp_rows() + cnn_rows())
+    print_table(
+        "PyTorch backend vs hand-written torch (float32, cpu, single thread)", mlp_rows() + cnn_rows() + cnn1d_rows()
+    )
     print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f} s")
 
 

@@ -9,11 +9,9 @@ installed are skipped and the report says so.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
-import io
 import json
 import os
 import platform
@@ -32,24 +30,35 @@ BACKENDS = ("numpy", "torch", "jax", "ggml")
 KERAS_BACKENDS = ("numpy", "torch", "jax")
 IMPORT_RUNS = 7
 IMPORT_TARGET_S = 0.5
-CASES = ("MLP forward", "MLP forward+backward", "CNN forward", "CNN forward+backward")
-TABLE_ROW = re.compile(r"^(.+?)\s+(\d+(?:\.\d+)?)us\s+(\d+(?:\.\d+)?)us\s+(\d+(?:\.\d+)?)\s*(\d+(?:\.\d+)?)?")
+CASES = (
+    "MLP forward",
+    "MLP forward+backward",
+    "CNN forward",
+    "CNN forward+backward",
+    "1-D CNN forward",
+    "1-D CNN forward+backward",
+)
+ROW_FUNCTIONS: dict[str, list[tuple[str, tuple[Any, ...]]]] = {
+    **{b: [("mlp_rows", ()), ("cnn_rows", ()), ("cnn1d_rows", ())] for b in ("numpy", "torch", "jax")},
+    "ggml": [("small_rows", ()), ("cnn_rows", ()), ("memory_bound_rows", (1,))],
+}
+ROW_MODEL = {"mlp_rows": "MLP", "small_rows": "MLP", "cnn_rows": "CNN", "cnn1d_rows": "1-D CNN"}
+PER_CALL_SECTIONS = {"Per-call cost against hand-written code": "hand", "Per-call cost against Keras 3": "keras"}
+FROM_RUN = re.compile(r" \(run of (\d{4}-\d{2}-\d{2})\)$")
 Row = list[Any]  # [case, mithril s, reference s, ratio, target or None]
 WHY = {
     "compile-torch": "Half of mithril-torch's ml.compile is CPython compiling the generated source (two functions "
-    "of about 7 lines per layer), which grows a little faster than linearly for one very long function; the rest "
-    "is the same garbage-collector step as in the construction rows. The per-node liveness scan is linear "
-    "(codegen.free_after_last_use).",
-    "compile": "Python's cyclic garbage collector: the process holds hundreds of thousands of objects (the "
-    "framework's own, the models of earlier repeats), and the first full collection, which a 1000-layer "
-    "compile triggers and a 100-layer one does not, traverses all of them. With `gc` disabled the ratio is "
-    "about 12-13x.",
+    "of about 7 lines per layer), which grows a little faster than linearly for one very long function. The "
+    "per-node liveness scan is linear (codegen.free_after_last_use).",
+    "compile": "CPython compiling the generated source, which grows a little faster than linearly for one very "
+    "long function (about 12-13x from 100 to 1000 layers before issue 12 too); ml.compile pauses the cyclic "
+    "garbage collector while it builds, so no collection adds to it.",
     "construct": "Python's cyclic garbage collector, not the solver: a full collection runs about once per "
     "quarter of the live heap allocated, and traverses every live object, including the frameworks' own. At 100 "
     "layers none runs; at 1000 the first one does, so the ratio jumps. Beyond that the cost per layer is flat "
     "(measured with torch and jax imported: 158, 111 and 132 us per layer at 1000, 2000 and 4000 layers), i.e. "
-    "construction grows linearly; with `gc` disabled 100 -> 1000 layers is 9.5x. A library must not disable or "
-    "freeze the user's collector, so this stays.",
+    "construction grows linearly; with `gc` disabled 100 -> 1000 layers is 9.5x. Construction is the user's own "
+    "incremental code, so the collector stays on there (ml.compile pauses it while it builds).",
     "keras-numpy-cnn": "Keras's NumPy backend computes convolutions with jax.lax.conv_general_dilated and pooling "
     "with jax.lax.reduce_window (keras/src/backend/numpy/nn.py), i.e. with XLA, not NumPy: this row compares "
     "Mithril's NumPy convolution (im2col + BLAS) with XLA's compiled kernels.",
@@ -135,47 +144,32 @@ def import_times() -> dict[str, float]:
     }
 
 
-def _parse_table(text: str) -> list[Row]:
-    """Rows of the fixed-width tables that common.print_table printed."""
-    rows = []
-    for line in text.splitlines():
-        match = TABLE_ROW.match(line)
-        if match and not line.startswith("case"):
-            case, c, r, ratio, target = match.groups()
-            rows.append(
-                [
-                    case.strip(),
-                    float(c) * 1e-6,
-                    float(r) * 1e-6,
-                    float(ratio),
-                    None if target is None else float(target),
-                ]
-            )
-    return rows
-
-
-def hand_rows(backend: str) -> list[Row]:
-    """Per-call rows of benchmarks/bench_<backend>.py: its row functions, or its main()'s printed tables."""
+def hand_rows(backend: str) -> dict[str, Any]:
+    """Per-call rows of benchmarks/bench_<backend>.py, one row function at a time; failures as "function: error"."""
     sys.path.insert(0, str(BENCH))
     module = importlib.import_module(f"bench_{backend}")
     if backend == "torch":
         import torch
 
         torch.set_num_threads(1)
-    if backend == "ggml":
-        return [list(row) for row in module.small_rows() + module.memory_bound_rows(1)]
-    if hasattr(module, "mlp_rows") and hasattr(module, "cnn_rows"):
-        return [list(row) for row in module.mlp_rows() + module.cnn_rows()]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        module.main()
-    return _parse_table(out.getvalue())
+    rows: list[Row] = []
+    failed: list[str] = []
+    for name, args in ROW_FUNCTIONS[backend]:
+        try:
+            rows += [list(row) for row in getattr(module, name)(*args)]
+        except Exception as exc:  # noqa: BLE001 - a backend mid-migration fails one model, not the report
+            failed.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return {"rows": rows, "failed": failed}
+
+
+def _model(case: str) -> str:
+    """The model a row measures: "MLP", "CNN" or "1-D CNN"."""
+    return "1-D CNN" if "1-D CNN" in case else "CNN" if "CNN" in case else "MLP"
 
 
 def _case(case: str) -> str:
     """The CASES entry a row belongs to."""
-    model = "CNN" if "CNN" in case else "MLP"
-    return f"{model} {'forward+backward' if 'backward' in case else 'forward'}"
+    return f"{_model(case)} {'forward+backward' if 'backward' in case else 'forward'}"
 
 
 def collect(backends: list[str]) -> dict[str, Any]:
@@ -203,6 +197,77 @@ def collect(backends: list[str]) -> dict[str, Any]:
     return results
 
 
+def _seconds(text: str) -> float | None:
+    """Inverse of _us and _ms: "9.1 µs", "11.36 ms", "1.2 s" or "–" as seconds."""
+    value, _, unit = text.strip().partition(" ")
+    if not unit:
+        return None
+    return float(value) * {"µs": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """The per-call rows, compile rows and memory section of an earlier docs/benchmarks.md.
+
+    Rows that were already carried over from an earlier run keep their "(run of DATE)" mark; the others get
+    the report's own date.
+    """
+    text = path.read_text()
+    match = re.search(r"on (\d{4}-\d{2}-\d{2})", text)
+    date = match.group(1) if match else "unknown date"
+    stamp = f" (run of {date})"
+    found: dict[str, Any] = {"date": date, "hand": {}, "keras": {}, "compile": {}, "memory": []}
+    section, backend = "", ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section, backend = line[3:], ""
+        elif line.startswith("### "):
+            backend = line[4:].strip()
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+        if section == "Memory":
+            found["memory"].append(line)
+        elif section in PER_CALL_SECTIONS and backend and len(cells) == 5 and cells[0] != "case":
+            case = cells[0] if FROM_RUN.search(cells[0]) else cells[0] + stamp
+            ratio = float(cells[3].split()[0])
+            target = None if cells[4] == "–" else float(cells[4])
+            found[PER_CALL_SECTIONS[section]].setdefault(backend, []).append(
+                [case, _seconds(cells[1]), _seconds(cells[2]), ratio, target]
+            )
+        elif section == "Compile time" and len(cells) in (6, 7) and cells[0] != "backend" and cells[2] != "":
+            keys = ("build_s", "compile_s", "first_call_s", "second_call_s", "first_grad_call_s")
+            times = dict(zip(keys, map(_seconds, cells[2:])))
+            name = cells[0].split()[0]
+            run = FROM_RUN.search(cells[0])
+            comp = found["compile"].setdefault(name, {"mlp": {}, "run": run.group(1) if run else date})
+            if cells[1].startswith("MLP N = "):
+                comp["mlp"][cells[1].removeprefix("MLP N = ")] = times
+            else:
+                comp[{"ResNet-18": "resnet18", "quick start CNN": "quickstart_cnn"}[cells[1]]] = times
+    if found["memory"] and any(line.startswith("Skipped") for line in found["memory"]):
+        found["memory"] = []
+    return found
+
+
+def carry_over(results: dict[str, Any], previous: dict[str, Any]) -> None:
+    """Fill what failed in this run with the rows of the previous report, each marked with its run's date."""
+    for backend, res in results["hand"].items():
+        old = previous["hand"].get(backend, [])
+        if "error" in res and old:
+            results["hand"][backend] = {"rows": old, "failed": [res["error"]]}
+        elif res.get("failed"):
+            fresh = {FROM_RUN.sub("", r[0]) for r in res["rows"]}
+            models = {ROW_MODEL.get(f.split(":")[0]) for f in res["failed"]}
+            res["rows"] += [r for r in old if FROM_RUN.sub("", r[0]) not in fresh and _model(r[0]) in models]
+    for backend, res in results["keras"].items():
+        if ("error" in res or "skipped" in res) and backend in previous["keras"]:
+            reason = res.get("error") or res["skipped"]
+            results["keras"][backend] = {"rows": previous["keras"][backend], "failed": [reason]}
+    for backend, comp in results["compile"].items():
+        if "error" in comp and backend in previous["compile"]:
+            results["compile"][backend] = {**previous["compile"][backend], "failed": comp["error"]}
+    if "error" in results["memory"] and previous["memory"]:
+        results["memory"] = {"previous": previous["memory"], "failed": results["memory"]["error"]}
+
+
 def _us(seconds: float | None) -> str:
     """Microseconds or milliseconds, readable."""
     if seconds is None:
@@ -215,6 +280,11 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
+def _ms_or_dash(seconds: float | None) -> str:
+    """_ms, or "–" for a measurement an earlier report did not make."""
+    return "–" if seconds is None else _ms(seconds)
+
+
 def _verdict(value: float, target: float) -> str:
     """'met' or 'missed by N %' for a value that must stay at or under target."""
     return "met" if value <= target else f"**missed** by {(value / target - 1) * 100:.0f} %"
@@ -225,12 +295,13 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     out = []
     imp = results["import"]["import_s"]
     out.append((f"`import mithril` < {IMPORT_TARGET_S} s", "–", _ms(imp), _verdict(imp, IMPORT_TARGET_S), ""))
-    for backend, comp in results["compile"].items():
+    for name, comp in results["compile"].items():
         if "error" in comp:
             continue
+        backend = f"{name} (run of {comp['run']})" if "failed" in comp else name
         mlp = {int(k): v for k, v in comp["mlp"].items()}
         ratio = mlp[1000]["compile_s"] / mlp[100]["compile_s"]
-        why = WHY.get(f"compile-{backend}", WHY["compile"]) if ratio > 12 else ""
+        why = WHY.get(f"compile-{name}", WHY["compile"]) if ratio > 12 else ""
         out.append(("ml.compile t(1000)/t(100) ≤ 12", backend, f"{ratio:.1f}", _verdict(ratio, 12), why))
         ratio = mlp[1000]["build_s"] / mlp[100]["build_s"]
         out.append(
@@ -244,7 +315,18 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         )
         total = mlp[1000]["build_s"] + mlp[1000]["compile_s"]
         out.append(("1000-layer MLP: construction + ml.compile < 2 s", backend, _ms(total), _verdict(total, 2.0), ""))
-        if backend == "numpy":
+        was = results.get("before", {}).get("compile_s", {}).get(name)
+        if was and "failed" not in comp:
+            out.append(
+                (
+                    f"1000-layer MLP ml.compile ≤ before ({_ms(was)})",
+                    backend,
+                    _ms(mlp[1000]["compile_s"]),
+                    _verdict(mlp[1000]["compile_s"], was),
+                    "",
+                )
+            )
+        if name == "numpy":
             cnn = comp["quickstart_cnn"]["compile_s"]
             out.append(("quick start CNN ml.compile < 10 ms", backend, _ms(cnn), _verdict(cnn, 0.010), ""))
     for source, label in (("hand", "hand-written"), ("keras", "Keras 3")):
@@ -270,6 +352,17 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 claim = f"{case}: ratio" if " vs " in case else f"{case}: Mithril / {reference}"
                 out.append((f"{claim} ≤ {target:.2f}", backend, f"{ratio:.3f}", _verdict(ratio, target), why))
     return out
+
+
+def _failures(res: dict[str, Any]) -> list[str]:
+    """A paragraph naming what failed in this run, whose rows (marked "run of DATE") come from an earlier report."""
+    if not res.get("failed"):
+        return []
+    what = "; ".join(f"`{f}`" for f in res["failed"])
+    return [
+        f'Not measured in this run: {what}. Rows marked "(run of DATE)" are kept from the previous report.',
+        "",
+    ]
 
 
 def _per_call_table(rows: list[Row], reference: str) -> list[str]:
@@ -318,6 +411,7 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
         "nox -s bench                      # every bench_*.py, then this report (see noxfile.py)",
         "python benchmarks/report.py       # this report only, with whatever backends are installed",
         "python benchmarks/compile_scaling.py --backend torch   # one part, one backend, as a table",
+        "python benchmarks/report.py --json after.json --before before*.json --change 'issue 12'  # before/after",
         "```",
         "",
         "## Machine",
@@ -340,6 +434,8 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
         lines.append(f"| {target} | {backend} | {measured} | {verdict} |")
     if notes:
         lines += ["", "Why the misses happen:", ""] + [f"{i}. {note}" for i, note in enumerate(notes, 1)]
+    if "before" in results:
+        lines += ["", *_before_after(results)]
     imp = results["import"]
     lines += [
         "",
@@ -350,9 +446,11 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
         "",
         "## Per-call cost against hand-written code",
         "",
-        "The quick start MLP (20-64-10, batch 32) and CNN (batch 32, 3x32x32, training mode) against the same "
-        "network written by hand in the backend's framework (rows from `benchmarks/bench_<backend>.py`; torch "
-        "single-threaded; the GGML rows compare with Mithril's NumPy backend, or as the case says: first vs "
+        "The quick start MLP (20-64-10, batch 32), CNN (batch 32, 3x32x32) and 1-D CNN "
+        "(`mithril.testing.models.quickstart_cnn1d`: Conv1d k=5, BatchNorm1d, ReLU, MaxPool1d(2), Linear; batch 32, "
+        "4x64), the CNNs in training mode, against the same network written by hand in the backend's framework "
+        "(rows from `benchmarks/bench_<backend>.py`; NumPy's CNNs in `hand_numpy_cnn.py` and `hand_numpy_cnn1d.py`; "
+        "torch single-threaded; the GGML rows compare with Mithril's NumPy backend, or as the case says: first vs "
         "second).",
         "",
     ]
@@ -363,7 +461,7 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
             lines += [f"Skipped: {res['error']}", ""]
             continue
         reference = "reference" if backend == "ggml" else f"hand-written {backend}"
-        lines += [*_per_call_table(res["rows"], reference), ""]
+        lines += [*_failures(res), *_per_call_table(res["rows"], reference), ""]
         if "accuracy" in res:
             lines += _accuracy_table(res["accuracy"])
     lines += [
@@ -381,7 +479,8 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
         if "skipped" in res or "error" in res:
             lines += [f"Skipped: {res.get('skipped') or res['error']}.", ""]
             continue
-        lines += [f"Keras {res['keras']}.", "", *_per_call_table(res["rows"], "Keras 3"), ""]
+        version = [f"Keras {res['keras']}.", ""] if "keras" in res else []
+        lines += [*version, *_failures(res), *_per_call_table(res["rows"], "Keras 3"), ""]
     if "per_call.png" in figures:
         lines += [
             "![Per-call cost by backend](img/per_call.png)",
@@ -396,6 +495,80 @@ def markdown(results: dict[str, Any], elapsed: float, figures: list[str]) -> str
     return "\n".join(lines) + "\n"
 
 
+def read_before(paths: list[Path]) -> dict[str, Any]:
+    """Earlier `report.py --json` runs: per row the run with the lowest Mithril time and every run's ratio;
+    per backend the lowest ml.compile time of the 1000-layer MLP."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    hand: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for backend, res in run["hand"].items():
+            for row in res.get("rows", []):
+                entry = hand.setdefault(backend, {}).setdefault(row[0], {"best": row, "ratios": []})
+                entry["ratios"].append(row[3])
+                if row[1] < entry["best"][1]:
+                    entry["best"] = row
+    compile_s = {}
+    for backend in runs[0]["compile"]:
+        times = [r["compile"][backend]["mlp"]["1000"]["compile_s"] for r in runs if "mlp" in r["compile"][backend]]
+        if times:
+            compile_s[backend] = min(times)
+    loads = [r["machine"].get("load average at start (1, 5, 15 min)", "?").split(",")[0] for r in runs]
+    return {"runs": len(runs), "loads": loads, "hand": hand, "compile_s": compile_s}
+
+
+def _before_after(results: dict[str, Any]) -> list[str]:
+    """Markdown lines comparing this run's ratios and compile times with the --before runs."""
+    before, change = results["before"], results["change"]
+    rows, met = [], [0, 0]
+    for backend, res in results["hand"].items():
+        old = before["hand"].get(backend, {})
+        for case, c, _, ratio, target in res.get("rows", []):
+            if FROM_RUN.search(case) or case not in old:
+                continue
+            best, ratios = old[case]["best"], old[case]["ratios"]
+            mark = "" if target is None else (" ✓" if ratio <= target else " ✗")
+            spread = f"{min(ratios):.3f}–{max(ratios):.3f}"
+            rows.append(
+                f"| {backend} | {case} | {best[3]:.3f} ({_us(best[1])}) | {spread} | {ratio:.3f}{mark} ({_us(c)}) | "
+                f"{'–' if target is None else f'{target:.2f}'} |"
+            )
+            if target is not None:
+                met[0] += best[3] <= target
+                met[1] += ratio <= target
+    counted = sum(1 for row in rows if not row.endswith("| – |"))
+    compile_rows = []
+    for backend, comp in results["compile"].items():
+        if backend in before["compile_s"] and "mlp" in comp and "failed" not in comp:
+            was, now = before["compile_s"][backend], comp["mlp"]["1000"]["compile_s"]
+            compile_rows.append(f"| {backend} | {_ms(was)} | {_ms(now)} | {now / was:.2f} |")
+    lines = [
+        f"## Before and after {change}",
+        "",
+        f"Before: {before['runs']} runs of this report on the tree before {change} (load average at their starts: "
+        f"{', '.join(before['loads'])}); per row the run with the lowest Mithril time, and the spread of the ratio "
+        "over all of them. After: this run. Ratios are Mithril / reference within one run, so they compare across "
+        "runs even when the load differed; absolute times (in brackets) do not, and rows of 5-20 µs move by tens of "
+        f"percent between runs on this shared machine. Of the {counted} rows with a target measured both times, "
+        f"{met[0]} met today's target before and {met[1]} after. Rows new in this run (the 1-D CNN, GGML's CNN "
+        "forward+backward) have no before; rows carried over from an earlier report are left out.",
+        "",
+        "| backend | case | before | before, all runs | after | target |",
+        "|---|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+    if compile_rows:
+        lines += [
+            "`ml.compile` of the 1000-layer MLP (target: no slower than before; before = fastest run's median):",
+            "",
+            "| backend | before | after | after / before |",
+            "|---|---:|---:|---:|",
+            *compile_rows,
+            "",
+        ]
+    return lines
+
+
 def _compile_section(results: dict[str, Any], figures: list[str]) -> list[str]:
     """Markdown lines of the compile-time tables."""
     lines = [
@@ -405,21 +578,24 @@ def _compile_section(results: dict[str, Any], figures: list[str]) -> list[str]:
         "`ml.compile` flattens, completes shapes and lowers (for JAX with jit: builds the program). The first "
         "call includes JAX's trace and XLA compilation and GGML's graph build. MLPs are N x (Linear(32) + Relu), "
         "batch 16; ResNet-18 (`benchmarks/resnet.py`, 11.7 M parameters) at 1x3x224x224. Medians of 7 fresh "
-        "models (3 for N = 1000 and ResNet-18, 15 for the quick start CNN); the first call once.",
+        "models (3 for N = 1000 and ResNet-18, 15 for the quick start CNN); the first calls once. The first "
+        "gradient call, after them, includes NumPy generating its backward pass (not done by ml.compile) and "
+        "JAX tracing and compiling it.",
         "",
-        "| backend | model | construction | ml.compile | first call | second call |",
-        "|---|---|---:|---:|---:|---:|",
+        "| backend | model | construction | ml.compile | first call | second call | first gradient call |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for backend, comp in results["compile"].items():
+    for name, comp in results["compile"].items():
         if "error" in comp:
-            lines.append(f"| {backend} | skipped: {comp['error']} | | | | |")
+            lines.append(f"| {name} | skipped: {comp['error']} | | | | | |")
             continue
+        backend = f"{name} (run of {comp['run']})" if "failed" in comp else name
         entries = [(f"MLP N = {n}", r) for n, r in comp["mlp"].items()]
         entries += [("ResNet-18", comp["resnet18"]), ("quick start CNN", comp["quickstart_cnn"])]
-        for name, r in entries:
+        for model, r in entries:
             lines.append(
-                f"| {backend} | {name} | {_ms(r['build_s'])} | {_ms(r['compile_s'])} | "
-                f"{_ms(r['first_call_s'])} | {_ms(r['second_call_s'])} |"
+                f"| {backend} | {model} | {_ms(r['build_s'])} | {_ms(r['compile_s'])} | "
+                f"{_ms(r['first_call_s'])} | {_ms(r['second_call_s'])} | {_ms_or_dash(r.get('first_grad_call_s'))} |"
             )
     if "compile_scaling.png" in figures:
         lines += ["", "![Compile time against N](img/compile_scaling.png)"]
@@ -431,6 +607,9 @@ def _memory_section(mem: dict[str, Any]) -> list[str]:
     lines = ["## Memory", ""]
     if "error" in mem:
         return lines + [f"Skipped: {mem['error']}."]
+    if "previous" in mem:
+        note = f"Not measured in this run (`{mem['failed']}`); the rest of this section is the previous report's."
+        return [*lines, note, *mem["previous"][1:]]
     lines += [
         f"One training-mode forward+backward step of the quick start CNN at batch {mem['batch']}: peak RSS "
         "above the RSS before the step, each in a fresh process after one warm-up step, median of "
@@ -464,7 +643,7 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
     written = []
     backends = [b for b in KERAS_BACKENDS if "rows" in results["hand"].get(b, {})]
     if backends:
-        fig, axes = plt.subplots(1, len(CASES), figsize=(14, 4))
+        fig, axes = plt.subplots(1, len(CASES), figsize=(3.5 * len(CASES), 4))
         for ax, case in zip(axes, CASES):
             series: dict[str, list[float]] = {"Mithril": [], "hand-written": [], "Keras 3": []}
             for backend in backends:
@@ -523,15 +702,19 @@ def main() -> None:
     parser.add_argument("--worker", choices=BACKENDS, help="print one backend's hand-written rows as JSON")
     parser.add_argument("--docs", type=Path, default=DOCS, help="where benchmarks.md and img/ go")
     parser.add_argument("--json", type=Path, help="also save the raw measurements there")
+    parser.add_argument("--before", type=Path, nargs="+", help="earlier `--json` outputs to compare with, row by row")
+    parser.add_argument("--change", default="the change", help="what happened between --before and now")
     args = parser.parse_args()
     if args.worker:
-        payload: dict[str, Any] = {"backend": args.worker, "rows": hand_rows(args.worker)}
+        payload: dict[str, Any] = {"backend": args.worker, **hand_rows(args.worker)}
         if args.worker == "ggml":
             payload["accuracy"] = [list(row) for row in importlib.import_module("bench_ggml").accuracy_rows()]
         print(json.dumps(payload))
         return
     import mithril as ml
 
+    report = args.docs / "benchmarks.md"
+    previous = read_report(report) if report.exists() else None
     start = time.perf_counter()
     available = ml.available_backends()
     backends = [b for b in BACKENDS if b in available and available[b].error is None]
@@ -542,11 +725,15 @@ def main() -> None:
             results["hand"][backend] = results["compile"][backend] = {"error": f"the {backend} backend {reason}"}
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if previous:
+        carry_over(results, previous)
+    if args.before:
+        results["before"], results["change"] = read_before(args.before), args.change
     results["machine"]["load average at end (1, 5, 15 min)"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     figures = plot(results, args.docs / "img")
     args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "benchmarks.md").write_text(markdown(results, time.perf_counter() - start, figures))
-    print(f"wrote {args.docs / 'benchmarks.md'} and {len(figures)} figures in {time.perf_counter() - start:.0f} s")
+    report.write_text(markdown(results, time.perf_counter() - start, figures))
+    print(f"wrote {report} and {len(figures)} figures in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
