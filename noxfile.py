@@ -1,11 +1,13 @@
 """Nox sessions for Mithril: the backend x dtype x hardware test matrix, plugin isolation, lint,
 typecheck and benchmarks.
 
-`nox -l` lists every session; plain `nox` runs the CPU test matrix, `integration`, `plugins`,
-`lint` and `typecheck`. The test cells of one backend share one virtual environment, in nox's
-shared cache folder (`.nox/.cache/venvs/<backend>-<hardware>`): it is installed once and reused
-across the dtype cells of a run, and across runs while the requirements, the constraints and the
-installed packages' pyproject.toml files are unchanged; `rm -rf .nox` forces a fresh install.
+`nox -l` lists every session; plain `nox` runs the CPU test matrix (but the `BY_NAME_ONLY` cells),
+`integration`, `parity`, `distributed`, `plugins`, `lint`, `typecheck`, `docs` and `third_party`.
+Every pytest run prints the reason of each skipped test (`-ra`). The test cells of one backend
+share one virtual environment, in nox's shared cache folder (`.nox/.cache/venvs/<backend>-<hardware>`):
+it is installed once and reused across the dtype cells of a run, and across runs while the
+requirements, the constraints and the installed packages' pyproject.toml files are unchanged;
+`rm -rf .nox` forces a fresh install.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ ROOT = Path(__file__).parent
 PACKAGES = ROOT / "packages"
 CONSTRAINTS = ROOT / "constraints" / "ci.txt"
 WHEELS = Path("/opt/wheels")
-TEST_DEPS = ("pytest", "hypothesis")
+# ONNX readers; real data (digits); Hugging Face models the zoo's parity tests compare against
+TEST_DEPS = ("pytest", "hypothesis", "onnx", "onnxruntime", "scikit-learn", "transformers")
 
 # What each backend supports; a cell exists for every (dtype, hardware) pair listed here.
 DTYPES: dict[str, tuple[str, ...]] = {
@@ -63,6 +66,10 @@ REFERENCE = "numpy"
 CORE_CELL = ("numpy", "float32", "cpu")
 # Backends whose CPU cells `nox` runs by default.
 DEFAULT_BACKENDS = ("numpy", "torch", "jax", "ggml")
+# The plugins whose cells have no torch: their torch.nn parity tests (every test named *torch*)
+# run in the `parity` session, in the dtypes torch parity is checked in, that the plugin supports.
+PARITY_BACKENDS = tuple(backend for backend in DTYPES if "torch" not in FRAMEWORKS[backend, "cpu"])
+PARITY_DTYPES = ("float32", "float64")
 
 MATRIX = [
     nox.param(backend, dtype, hardware, tags=[backend, hardware])
@@ -76,9 +83,21 @@ def _cell_name(backend: str, dtype: str, hardware: str) -> str:
     return f"tests(backend='{backend}', dtype='{dtype}', hardware='{hardware}')"
 
 
+# Cells kept out of plain `nox` (CI's 30-minute budget on 2 cores): JAX's half-precision cells take
+# about as long as the rest of the matrix together (a jit compile per conformance case). They run
+# by name, e.g. `nox -s "tests(backend='jax', dtype='bfloat16', hardware='cpu')"`, or all with `nox -t jax`.
+BY_NAME_ONLY = {("jax", "float16"), ("jax", "bfloat16")}
+
 nox.options.sessions = [
-    *(_cell_name(backend, dtype, "cpu") for backend in DEFAULT_BACKENDS for dtype in DTYPES[backend]),
+    *(
+        _cell_name(backend, dtype, "cpu")
+        for backend in DEFAULT_BACKENDS
+        for dtype in DTYPES[backend]
+        if (backend, dtype) not in BY_NAME_ONLY
+    ),
     "integration",
+    "parity",
+    "distributed",
     "plugins",
     "lint",
     "typecheck",
@@ -144,12 +163,16 @@ def _shared_venv(session: nox.Session, name: str, requirements: Sequence[str], *
     return str(python)
 
 
-def _pytest(session: nox.Session, python: str, paths: Sequence[str], env: dict[str, str]) -> None:
-    """Run pytest on `paths`; a run that collects no test (exit code 5) skips the session."""
-    command = [python, "-m", "pytest", *paths, *session.posargs]
+def _pytest(
+    session: nox.Session, python: str, paths: Sequence[str], env: dict[str, str], *, none_collected: str = "skip"
+) -> None:
+    """Run pytest on `paths`, printing every skip's reason (-ra; a plugin's own pytest settings may
+    replace the root's addopts). A run that collects no test (exit code 5) skips the session, or
+    fails it with `none_collected="fail"`."""
+    command = [python, "-m", "pytest", "-ra", *paths, *session.posargs]
     session.log(" ".join(command))
     code = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, check=False).returncode
-    if code == 5:
+    if code == 5 and none_collected == "skip":
         session.skip(f"pytest collected no test in {', '.join(paths)}")
     if code != 0:
         session.error(f"pytest failed with exit code {code}")
@@ -174,7 +197,7 @@ def tests(session: nox.Session, backend: str, dtype: str, hardware: str) -> None
         session.run(python, "-c", CUDA_PROBES[backend], external=True)
     paths = [str((plugin / "tests").relative_to(ROOT))]
     if (backend, dtype, hardware) == CORE_CELL:
-        paths += ["packages/mithril-core/tests", "tests"]
+        paths += ["packages/mithril-core/tests", "tests", "--ignore=tests/distributed"]
     _pytest(session, python, paths, {"MITHRIL_TEST_DTYPE": dtype, "MITHRIL_TEST_HARDWARE": hardware})
     session.log(f"{session.name}: {time.perf_counter() - start:.1f} s")
 
@@ -187,7 +210,7 @@ def plugins(session: nox.Session) -> None:
     session.install(*_pip_options(), *_editable(core, numpy_plugin, torch_plugin), "torch", "pytest")
 
     def check(expected: str) -> None:
-        session.run("pytest", "tests/plugin_isolation", env={"MITHRIL_EXPECT_BACKENDS": expected})
+        session.run("pytest", "-ra", "tests/plugin_isolation", env={"MITHRIL_EXPECT_BACKENDS": expected})
 
     check("numpy,torch")
     session.run("python", "-m", "pip", "uninstall", "-y", "mithril-torch")
@@ -216,7 +239,7 @@ def typecheck(session: nox.Session) -> None:
 def _all_backends_venv(session: nox.Session, name: str = "all-cpu", extra: Sequence[str] = ("mkdocs",)) -> str:
     """Python of the shared environment `name` with the core, every plugin, their CPU frameworks and `extra`.
 
-    `integration` and `docs` share the default one, so CI installs the frameworks together once.
+    `integration`, `parity` and `docs` share the default one, so CI installs the frameworks together once.
     """
     plugin_dirs = [_plugin_dir(session, backend) for backend in DTYPES]
     frameworks = sorted({req for backend in DTYPES for req in FRAMEWORKS[backend, "cpu"]})
@@ -227,12 +250,33 @@ def _all_backends_venv(session: nox.Session, name: str = "all-cpu", extra: Seque
 
 @nox.session(venv_backend="none")
 def integration(session: nox.Session) -> None:
-    """tests/ with every backend installed (the quick start needs them all), and the NumPy plugin's tests
-    again with torch present, so its torch.nn parity cases run (the numpy cells have no torch)."""
+    """tests/ with every backend installed (the quick start needs them all)."""
     python = _all_backends_venv(session)
     env = {"MITHRIL_TEST_DTYPE": "float32", "MITHRIL_TEST_HARDWARE": "cpu"}
-    _pytest(session, python, ["tests", "--ignore=tests/docs"], env)
-    _pytest(session, python, ["packages/mithril-numpy/tests", "-k", "torch"], env)
+    _pytest(session, python, ["tests", "--ignore=tests/docs", "--ignore=tests/distributed"], env)
+
+
+@nox.session(venv_backend="none")
+def distributed(session: nox.Session) -> None:
+    """tests/distributed: two processes on 127.0.0.1 (torchrun with gloo; two JAX processes with 4 CPU
+    devices each), every job bounded in time; a run that selects no test fails."""
+    python = _all_backends_venv(session)
+    _pytest(session, python, ["tests/distributed"], {}, none_collected="fail")
+
+
+@nox.session(venv_backend="none")
+def parity(session: nox.Session) -> None:
+    """The torch.nn parity tests of the plugins whose own cells have no torch: NumPy, JAX and GGML.
+
+    Each plugin's tests named *torch* (`-k torch`), with torch present, once per dtype that both
+    torch parity and the plugin support. A run that selects no test fails: the parity tests must
+    not silently vanish."""
+    python = _all_backends_venv(session)
+    for backend in PARITY_BACKENDS:
+        tests_dir = str((_plugin_dir(session, backend) / "tests").relative_to(ROOT))
+        for dtype in (dtype for dtype in DTYPES[backend] if dtype in PARITY_DTYPES):
+            env = {"MITHRIL_TEST_DTYPE": dtype, "MITHRIL_TEST_HARDWARE": "cpu"}
+            _pytest(session, python, [tests_dir, "-k", "torch"], env, none_collected="fail")
 
 
 @nox.session(venv_backend="none")
