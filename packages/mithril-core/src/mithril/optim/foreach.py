@@ -119,12 +119,10 @@ class NamespaceForeach(Foreach):
         first = groups[0]
         if not self.joins or len(first) < 2:
             return None
-        shapes = [x.shape for x in first]
-        dtype = first[0].dtype
+        shapes, dtypes = [x.shape for x in first], [first[0].dtype] * len(first)
         for group in groups:
-            for x, shape in zip(group, shapes):
-                if x.shape != shape or x.dtype != dtype:
-                    return None
+            if [x.shape for x in group] != shapes or [x.dtype for x in group] != dtypes:
+                return None
         concatenate = self.xp.concatenate
         return [[concatenate(group, axis=None)] for group in groups]
 
