@@ -57,23 +57,26 @@ def _adam(
 
 # -- NumPy ---------------------------------------------------------------------------------------
 def numpy_rows() -> list[Row]:
-    """MLP step: the hand-written forward, softmax cross-entropy, backward and Adam in NumPy."""
+    """MLP step: the hand-written forward, softmax cross-entropy (its value too, as the trainer reports it),
+    backward and Adam in NumPy."""
     trainer, state, batch = _trainer("numpy", quickstart_mlp(), [32, 20])
     params = {k: v.copy() for k, v in state.params.items()}
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v = {k: np.zeros_like(p) for k, p in params.items()}
     x, y = batch["input"], batch["target"]
-    onehot = np.eye(10, dtype=np.float32)[y]
-    hand_state = [params, m, v, 0]
+    onehot, rows = np.eye(10, dtype=np.float32)[y], np.arange(len(y))
+    hand_state, hand_loss = [params, m, v, 0], [None]
 
     def hand_step() -> None:
         p, m_, v_, t = hand_state
         h = x @ p["linear_0.weight"].T + p["linear_0.bias"]
         a = np.maximum(h, 0)
         z = a @ p["linear_1.weight"].T + p["linear_1.bias"]
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        s = e / e.sum(axis=1, keepdims=True)
-        g = (s - onehot) / len(x)
+        shifted = z - z.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        total = e.sum(axis=1, keepdims=True)
+        hand_loss[0] = (np.log(total[:, 0]) - shifted[rows, y]).mean()  # the loss the trainer reports too
+        g = (e / total - onehot) / len(x)
         da = (g @ p["linear_1.weight"]) * (h > 0)
         grads = {
             "linear_1.weight": g.T @ a,

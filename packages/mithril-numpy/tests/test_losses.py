@@ -33,3 +33,27 @@ def test_cross_entropy_grad_kernel_equals_its_decomposition_bit_for_bit(target: 
         want = (kernels.softmax(x, 1) * onehot.sum(1, keepdims=True) - onehot) * (g / onehot.sum())
         got = kernels.cross_entropy_grad(x, t, g)
     assert got.dtype == x.dtype and np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("target", [[0, 3, 2, 1, 1], [-100, 3, 2, -100, 1], [-100] * 5])
+def test_loss_and_its_gradient_share_one_softmax_bit_for_bit(target: list[int]) -> None:
+    """forward_backward computes the common cross-entropy's softmax once (fusions.py): its loss and gradients
+    equal the separate kernels' bit for bit, ignored targets and the all-ignored NaN included."""
+    from mithril.models import CrossEntropyLoss, Linear, Model
+
+    model = Model()
+    model |= Linear(dimension=4)(input="input", output="logits")
+    model |= CrossEntropyLoss()(input="logits", target="target", output="output")
+    compiled = ml.compile(model, ml.NumpyBackend(dtype=ml.float64), shapes={"input": [5, 3]})
+    rng = np.random.default_rng(1)
+    params = {"linear_0.weight": rng.standard_normal((4, 3)), "linear_0.bias": rng.standard_normal(4)}
+    x, t, g = rng.standard_normal((5, 3)), np.array(target, dtype=np.int64), np.asarray(0.7)
+    with np.errstate(all="ignore"):
+        outputs, grads = compiled.evaluate(params, {"input": x, "target": t}, {"output": g})
+        logits = x @ params["linear_0.weight"].T + params["linear_0.bias"]
+        want_loss = kernels.cross_entropy(logits, t, None, -100, "mean", 0.0)
+        want_grad = kernels.cross_entropy_grad(logits, t, g)
+    assert "cross_entropy_softmax" in compiled.program.source
+    assert np.array_equal(outputs["output"], want_loss, equal_nan=True)
+    assert np.array_equal(grads["linear_0.weight"], want_grad.T @ x, equal_nan=True)
+    assert np.array_equal(grads["linear_0.bias"], want_grad.sum(0), equal_nan=True)

@@ -175,7 +175,7 @@ def cross_entropy(
 def _mean_nll(logp: np.ndarray, t: np.ndarray, ignore_index: int) -> np.ndarray:
     """cross_entropy's mean over class indices, no weights or smoothing: -mean of the picked log-probabilities."""
     c = logp.shape[1]
-    if logp.ndim == 2 and t.size and not 0 <= ignore_index < c and t.min() >= 0 and t.max() < c:
+    if logp.ndim == 2 and not 0 <= ignore_index < c and _all_classes(t, c):
         # every target a class, none ignored: the general path's sum without its masks
         return np.asarray(-logp[np.arange(len(t)), t].sum() / logp.dtype.type(len(t)), logp.dtype)
     valid = t != ignore_index
@@ -191,15 +191,43 @@ def _mean_nll(logp: np.ndarray, t: np.ndarray, ignore_index: int) -> np.ndarray:
     return np.asarray(total / logp.dtype.type(np.count_nonzero(valid)), logp.dtype)
 
 
+def _all_classes(t: np.ndarray, classes: int) -> bool:
+    """Whether `t` is non-empty and every target is in [0, classes): one reduction, since viewed as unsigned a
+    negative index is larger than any class count."""
+    unsigned = t.view(f"u{t.itemsize}") if t.dtype.kind == "i" else t
+    return bool(t.size) and unsigned.max() < classes
+
+
 def cross_entropy_grad(x: np.ndarray, t: np.ndarray, g: np.ndarray) -> np.ndarray:
     """The mean cross-entropy's logits gradient over [N, C]: (softmax - one_hot) * g / valid count, in one
     softmax rather than the decomposition's dozen calls; targets outside [0, C) are ignored (zero rows)."""
-    s = softmax(x, 1)
-    hit = t[:, None] == np.arange(x.shape[1])  # one_hot as bools: an ignored target hits no class
+    return cross_entropy_grad_softmax(softmax(x, 1), t, g)
+
+
+def cross_entropy_softmax(x: np.ndarray, t: np.ndarray, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """cross_entropy's common case (mean over [N, C] class indices, no weight or smoothing) and softmax(x), from
+    one exp: the joint graph's loss node when `cross_entropy_grad_softmax` reads the softmax (fusions.py)."""
+    shifted = x - x.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    total = e.sum(axis=1, keepdims=True)
+    log_total = np.log(total)
+    if _all_classes(t, x.shape[1]):  # the terms of -logp[i, t[i]], summed as _mean_nll sums them
+        loss = np.asarray((log_total[:, 0] - shifted[np.arange(len(t)), t]).sum() / x.dtype.type(len(t)), x.dtype)
+    else:
+        loss = _mean_nll(shifted - log_total, t, ignore_index)
+    return loss, e / total
+
+
+def cross_entropy_grad_softmax(s: np.ndarray, t: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """cross_entropy_grad given softmax(x) `s`, which it may overwrite (the joint graph's own, read only here)."""
+    if _all_classes(t, s.shape[1]):
+        s[np.arange(len(t)), t] -= 1
+        s *= g / s.dtype.type(len(t))
+        return s
+    hit = t[:, None] == np.arange(s.shape[1])  # one_hot as bools: an ignored target hits no class
     count = np.count_nonzero(hit)
-    if count < len(t):  # ignored rows: their softmax drops out as well
-        s *= hit.any(axis=1, keepdims=True)
-    return (s - hit) * (g / x.dtype.type(count))
+    s = s * hit.any(axis=1, keepdims=True)  # ignored rows: their softmax drops out as well
+    return (s - hit) * (g / s.dtype.type(count))
 
 
 def embedding_grad(g: np.ndarray, idx: np.ndarray, weight: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from mithril.primitives import joint_graph
 from mithril.primitives.transform import check_gradients, release
 from mithril.validation import make_diagnose
 
-from . import ops
+from . import fusions, ops
 
 if TYPE_CHECKING:
     from .backend import NumpyBackend
@@ -93,8 +93,8 @@ class NumpyProgram(Program):
         return source
 
     def _joint_codegen(self, seeds: list[Edge]) -> PythonCodegen:
-        joint = joint_graph(self.graph, [e.name for e in seeds], self.table.__contains__)
-        return PythonCodegen(joint, self.backend, self.table, self.namespace)
+        joint = fusions.fuse(joint_graph(self.graph, [e.name for e in seeds], self.table.__contains__))
+        return PythonCodegen(joint, self.backend, self.table | fusions.OPS, self.namespace)
 
     def _subset_function(self, edges: list[Edge]) -> Any:
         """forward_backward seeded by the gradients of `edges` only (the collector paused, as above)."""
