@@ -696,6 +696,15 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
     return [*written, "compile_scaling.png"]
 
 
+def kept_sections(old: str, new: str) -> str:
+    """The `## ` sections of the old report that this script does not write (the training step, transformer
+    and data-parallel tables, measured by their own scripts and written up by hand), to append unchanged."""
+    written = {line for line in new.splitlines() if line.startswith("## ")}
+    sections = ["## " + part for part in old.split("\n## ")[1:]]
+    kept = [section.rstrip("\n") + "\n" for section in sections if section.splitlines()[0] not in written]
+    return "".join("\n" + section for section in kept)
+
+
 def main() -> None:
     """Command line: the whole report, or (--worker BACKEND) one backend's hand-written rows as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -732,7 +741,8 @@ def main() -> None:
     results["machine"]["load average at end (1, 5, 15 min)"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     figures = plot(results, args.docs / "img")
     args.docs.mkdir(parents=True, exist_ok=True)
-    report.write_text(markdown(results, time.perf_counter() - start, figures))
+    text = markdown(results, time.perf_counter() - start, figures)
+    report.write_text(text + kept_sections(report.read_text() if previous else "", text))
     print(f"wrote {report} and {len(figures)} figures in {time.perf_counter() - start:.0f} s")
 
 
