@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 WORKERS = str(HERE / "workers.py")
 LIMIT_S = 150
 COLLECTIVE_TIMEOUT_S = "5"  # torch's process-group timeout in the job: the timeout case waits this long
+JAX_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
 
 
 def free_port() -> int:
@@ -31,8 +32,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch(commands: list[list[str]], env: dict[str, str]) -> list[dict[str, Any]]:
-    """Run `commands` at once, each in its own process group; the RESULT lines they print, by rank."""
+def run_jobs(commands: list[list[str]], env: dict[str, str]) -> list[tuple[int, str]]:
+    """Run `commands` at once, each in its own process group: (exit status, output) of each, in order.
+
+    Fails the test past LIMIT_S; whatever is still running then is killed with its whole group."""
     procs = [
         subprocess.Popen(
             command,
@@ -44,10 +47,11 @@ def launch(commands: list[list[str]], env: dict[str, str]) -> list[dict[str, Any
         )  # fmt: skip
         for command in commands
     ]
-    outputs = []
+    finished = []
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=LIMIT_S)[0])
+            output = proc.communicate(timeout=LIMIT_S)[0]
+            finished.append((proc.returncode, output))
     except subprocess.TimeoutExpired:
         pytest.fail(f"the job ran past {LIMIT_S} s: {commands}")
     finally:
@@ -55,7 +59,12 @@ def launch(commands: list[list[str]], env: dict[str, str]) -> list[dict[str, Any
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    text = "\n".join(outputs)
+    return finished
+
+
+def launch(commands: list[list[str]], env: dict[str, str]) -> list[dict[str, Any]]:
+    """Run `commands` at once (run_jobs); the RESULT lines they print, by rank."""
+    text = "\n".join(output for _, output in run_jobs(commands, env))
     results = [json.loads(line[len("RESULT ") :]) for line in text.splitlines() if line.startswith("RESULT ")]
     assert len(results) == 2, f"expected a RESULT line from each of 2 ranks:\n{text[-6000:]}"
     return sorted(results, key=lambda r: r["rank"])
@@ -73,8 +82,7 @@ def torch_ranks() -> list[dict[str, Any]]:
 def jax_ranks() -> list[dict[str, Any]]:
     pytest.importorskip("jax")
     port = str(free_port())
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    return launch([[sys.executable, WORKERS, "jax", str(i), port] for i in range(2)], env)
+    return launch([[sys.executable, WORKERS, "jax", str(i), port] for i in range(2)], JAX_ENV)
 
 
 FRAMEWORKS = ["torch_ranks", "jax_ranks"]
@@ -106,3 +114,15 @@ def test_a_collective_that_times_out_raises_naming_the_mesh(torch_ranks: list[di
     assert waiting.startswith("CollectiveError: Model on mesh {'data': 2}"), waiting
     assert "Timed out" in waiting or "timed out" in waiting, waiting
     assert torch_ranks[1]["timeout"] == "skipped the step"
+
+
+def test_a_jax_process_that_dies_stops_the_other_instead_of_leaving_it_waiting() -> None:
+    """JAX has no collective timeout to raise from: its coordination service stops the survivor once the dead
+    process's heartbeats are missing (5 s here), with a message saying so, well within the job's time limit."""
+    pytest.importorskip("jax")
+    port = str(free_port())
+    commands = [[sys.executable, WORKERS, "jax-dead-peer", str(i), port] for i in range(2)]
+    (survivor, waited), (dead, died) = run_jobs(commands, {**JAX_ENV, "HEARTBEAT_S": "5"})
+    assert "STEPPED 1" in died and dead == 3, died[-3000:]
+    assert "STEPPED 0" in waited and "SECOND STEP FINISHED" not in waited, waited[-3000:]
+    assert survivor != 0 and "stopped sending heartbeats" in waited, (survivor, waited[-3000:])

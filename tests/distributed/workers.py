@@ -1,4 +1,5 @@
-"""One rank of the distributed tests: `python workers.py torch` under torchrun, or `python workers.py jax ID PORT`.
+"""One rank of the distributed tests: `python workers.py torch` under torchrun, or `python workers.py jax ID PORT`
+(`jax-dead-peer ID PORT`: a process that dies in the middle of training).
 
 Each rank checks its own results against one process computing the whole batch and prints one
 line `RESULT {json}`: per check, "ok" or the error. Checks that must raise record the message.
@@ -171,14 +172,24 @@ def timeout_case(ml: Any, rank: int, world: int) -> str:
     return raises(lambda: trainer.step(state, {"input": d["input"], "target": d["target"]}))
 
 
-def run_jax(process_id: int, port: str) -> dict[str, Any]:
-    """The JAX checks on process `process_id` of 2, each with 4 CPU devices: a mesh of 8."""
+def start_jax(process_id: int, port: str, **options: Any) -> Any:
+    """jax, after joining the 2-process job on 127.0.0.1:`port` with gloo CPU collectives."""
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id, initialization_timeout=30
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=2,
+        process_id=process_id,
+        initialization_timeout=30,
+        **options,
     )
+    return jax
+
+
+def run_jax(process_id: int, port: str) -> dict[str, Any]:
+    """The JAX checks on process `process_id` of 2, each with 4 CPU devices: a mesh of 8."""
+    jax = start_jax(process_id, port)
     import mithril as ml
 
     single = ml.JaxBackend(dtype=ml.float64, device=f"cpu:{jax.devices().index(jax.local_devices()[0])}")
@@ -200,6 +211,27 @@ def run_jax(process_id: int, port: str) -> dict[str, Any]:
     return out
 
 
+def jax_dead_peer(process_id: int, port: str) -> None:
+    """Both processes take a Trainer step on a mesh of 8; then process 1 exits and process 0 steps again.
+
+    Its gradient all-reduce cannot complete: JAX's coordination service notices the missing heartbeats
+    and stops process 0 (no Python error can be raised there), so it never hangs.
+    """
+    start_jax(process_id, port, heartbeat_timeout_seconds=int(os.environ.get("HEARTBEAT_S", "5")))
+    import mithril as ml
+    from mithril.models import MSELoss
+
+    backend = ml.JaxBackend(dtype=ml.float64, device_mesh=(8,))
+    trainer = ml.Trainer(mlp(), backend, MSELoss(), ml.optim.SGD(lr=0.1), shapes={"input": [BATCH, FEATURES]})
+    d = data()
+    state, _ = trainer.step(trainer.init(seed=0), {"input": d["input"], "target": d["target"]})
+    print(f"STEPPED {process_id}", flush=True)
+    if process_id == 1:
+        os._exit(3)
+    state, metrics = trainer.step(state, {"input": d["input"], "target": d["target"]})
+    print(f"SECOND STEP FINISHED {float(metrics['loss'])}", flush=True)
+
+
 def attempt(check: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
     """'ok', or the traceback of the failed `check(*args, **kwargs)`."""
     try:
@@ -211,6 +243,9 @@ def attempt(check: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
 
 if __name__ == "__main__":
     framework = sys.argv[1]
+    if framework == "jax-dead-peer":
+        jax_dead_peer(int(sys.argv[2]), sys.argv[3])
+        os._exit(0)
     result = run_torch() if framework == "torch" else run_jax(int(sys.argv[2]), sys.argv[3])
     print("RESULT " + json.dumps(result), flush=True)
     sys.stdout.flush()
