@@ -109,6 +109,11 @@ def test_bad_input_raises_on_every_rank_naming_the_mesh_and_key(framework: str, 
         assert "mesh axis 'model'" in tensor_parallel, tensor_parallel
 
 
+def test_dropout_on_a_jax_mesh_across_processes_draws_the_mask_of_one_process(jax_ranks: list[dict[str, Any]]) -> None:
+    for rank in jax_ranks:
+        assert rank["dropout"] == "ok", f"rank {rank['rank']}: {rank['dropout']}"
+
+
 def test_a_collective_that_times_out_raises_naming_the_mesh(torch_ranks: list[dict[str, Any]]) -> None:
     waiting = torch_ranks[0]["timeout"]
     assert waiting.startswith("CollectiveError: Model on mesh {'data': 2}"), waiting

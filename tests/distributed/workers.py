@@ -98,6 +98,39 @@ def parity(ml: Any, single: Any, meshed: Any, local_copies: Callable[[Any], list
                 close(copy, want, f"step {step + 1} this rank's copy of {key}")
 
 
+def dropout_parity(ml: Any, single: Any, meshed: Any) -> None:
+    """With one seed, Dropout draws the same mask on the mesh as in one process: forward, gradients, 3 steps."""
+    from mithril.models import Dropout, Linear, Model, MSELoss
+
+    model = Model()
+    model |= Linear(HIDDEN)(input="input", output="hidden")
+    model += Dropout(p=0.5)(input="hidden", output="dropped")
+    model += Linear(OUT)(input="dropped", output="output")
+    d = data()
+    keys = [k for k in d if k.startswith("linear")]
+    results = []
+    for backend in (single, meshed):
+        backend.set_seed(7)
+        compiled = ml.compile(model, backend, shapes={"input": [BATCH, FEATURES]}, outputs=["output", "dropped"])
+        params = {k: backend.array(d[k]) for k in keys}
+        outputs, grads = compiled.evaluate(
+            params, {"input": backend.array(d["input"])}, {"output": backend.array(d["grad"])}
+        )
+        trainer = ml.Trainer(model, backend, MSELoss(), ml.optim.SGD(lr=0.1), shapes={"input": [BATCH, FEATURES]})
+        state = trainer.init(params={k: d[k] for k in keys})
+        for _ in range(3):
+            state, _ = trainer.step(state, {"input": d["input"], "target": d["target"]})
+        results.append(
+            {k: backend.to_numpy(v) for k, v in outputs.items()}
+            | {f"gradient {k}": backend.to_numpy(v) for k, v in grads.items()}
+            | {f"step 3 parameter {k}": backend.to_numpy(v) for k, v in state.params.items()}
+        )
+    if not 0.2 < np.mean(results[0]["dropped"] == 0) < 0.8:
+        raise AssertionError("Dropout(p=0.5) should drop about half of the hidden values in one process")
+    for key, want in results[0].items():
+        close(results[1][key], want, key)
+
+
 def raises(check: Callable[[], Any]) -> str:
     """The error `check` raises, as 'Type: message', or 'no error raised'."""
     try:
@@ -207,6 +240,7 @@ def run_jax(process_id: int, port: str) -> dict[str, Any]:
         )
     meshed = ml.JaxBackend(dtype=ml.float64, device_mesh={"data": 2, "model": 4})
     parallel = ml.JaxBackend(dtype=ml.float64, device_mesh=(8,))
+    out["dropout"] = attempt(dropout_parity, ml, single, parallel)
     out["errors"] = bad_input(ml, parallel, meshed, lambda mesh: ml.JaxBackend(dtype=ml.float64, device_mesh=mesh))
     return out
 
