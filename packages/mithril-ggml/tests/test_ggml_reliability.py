@@ -129,3 +129,24 @@ class TestGGMLReliability(BackendReliability):
     """The core's checks: the float dtype rule (float32 only here), threads, in-place writes."""
 
     backend_name = "ggml"
+
+
+@pytest.mark.parametrize("layout", ["c", "transposed", "strided"])
+def test_one_element_written_in_a_large_converted_weight_is_seen(layout: str) -> None:
+    """A 256 KB int8 weight given C-ordered, as a transposed view or strided: changing one element re-quantizes."""
+    model = Model()
+    model |= ml.models.Linear(dimension=256)
+    compiled = ml.compile(model, ml.GGMLBackend(quantize="int8"), shapes={"input": [2, 256]}, inference=True)
+    rng = np.random.default_rng(5)
+    source = rng.standard_normal((256, 512) if layout == "strided" else (256, 256)).astype(np.float32)
+    weight = {"c": source, "transposed": source.T, "strided": source[:, ::2]}[layout]
+    params = {"linear_0.weight": weight, "linear_0.bias": np.zeros(256, np.float32)}
+    x = {"input": rng.standard_normal((2, 256)).astype(np.float32)}
+    before = compiled.evaluate(params, x)["output"]
+    weight[7, 9] += 100.0
+    after = compiled.evaluate(params, x)["output"]
+    want = ml.compile(model, ml.GGMLBackend(quantize="int8"), shapes={"input": [2, 256]}, inference=True).evaluate(
+        {k: v.copy() for k, v in params.items()}, x
+    )["output"]
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, want)

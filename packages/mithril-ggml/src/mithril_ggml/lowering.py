@@ -15,6 +15,7 @@ gradients out. A program runs one call at a time (a lock per program), so thread
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import math
 import operator
 import threading
@@ -156,15 +157,40 @@ class _WeightStore:
 
 
 def _same(source: np.ndarray, snapshot: bytes | np.ndarray) -> bool:
-    """Whether `source` still holds the values of `snapshot`, bit for bit (NaN and -0.0 included)."""
+    """Whether `source` still holds the bytes of `snapshot` (NaN and -0.0 included): one memcmp over its memory."""
+    block = _block(source)
     if isinstance(snapshot, bytes):
-        return source.tobytes() == snapshot
-    return bool(np.array_equal(source.view(np.uint32), snapshot.view(np.uint32)))
+        return (source.tobytes() if block is None else block.tobytes()) == snapshot
+    if block is None:  # strided: element by element, as unsigned integers of the same size (NaN equals itself)
+        bits = f"u{source.itemsize}"
+        return source.shape == snapshot.shape and bool(np.array_equal(source.view(bits), snapshot.view(bits)))
+    return block.nbytes == snapshot.nbytes and _memcmp(block.ctypes.data, snapshot.ctypes.data, block.nbytes) == 0
 
 
 def _snapshot(array: np.ndarray) -> bytes | np.ndarray:
-    """A copy of `array`'s values to detect in-place writes: bytes when small (fastest to compare)."""
-    return array.tobytes() if array.nbytes <= _SNAPSHOT_BYTES else np.array(array, np.float32)
+    """A copy of `array`'s bytes, in memory order, to detect in-place writes: bytes when small."""
+    block = _block(array)
+    if array.nbytes <= _SNAPSHOT_BYTES:
+        return array.tobytes() if block is None else block.tobytes()
+    return array.copy() if block is None else block.copy()
+
+
+def _block(array: np.ndarray) -> np.ndarray | None:
+    """`array` or its transpose (a Linear weight taken as `.T`), whichever is C-contiguous; None if neither."""
+    if array.flags.c_contiguous:
+        return array
+    return array.T if array.flags.f_contiguous else None
+
+
+def _libc_memcmp() -> Any:
+    """The C library's memcmp: comparing two buffers in one pass, without NumPy's boolean temporary."""
+    library = ctypes.util.find_library("c") or ctypes.util.find_library("msvcrt")
+    memcmp = ctypes.CDLL(library).memcmp
+    memcmp.argtypes, memcmp.restype = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t), ctypes.c_int
+    return memcmp
+
+
+_memcmp = _libc_memcmp()
 
 
 class _Instance:
