@@ -150,3 +150,24 @@ def test_one_element_written_in_a_large_converted_weight_is_seen(layout: str) ->
     )["output"]
     assert not np.array_equal(before, after)
     np.testing.assert_array_equal(after, want)
+
+
+def test_frozen_weights_are_read_only_views_loaded_once_and_never_compared() -> None:
+    """GGMLBackend.frozen: no copy, writes refused; an int8 weight converted from it keeps no snapshot to compare."""
+    from mithril_ggml.lowering import program_of
+
+    backend = ml.GGMLBackend(quantize="int8")
+    model = Model()
+    model |= ml.models.Linear(dimension=64)
+    compiled = ml.compile(model, backend, shapes={"input": [2, 64]}, inference=True)
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((64, 64)).astype(np.float32)
+    frozen = {"linear_0.weight": backend.frozen(weight), "linear_0.bias": backend.frozen(np.zeros(64, np.float32))}
+    assert np.shares_memory(frozen["linear_0.weight"], weight)
+    with pytest.raises(ValueError, match="read-only"):
+        frozen["linear_0.weight"][0, 0] = 1.0
+    x = {"input": rng.standard_normal((2, 64)).astype(np.float32)}
+    want = compiled.evaluate({"linear_0.weight": weight.copy(), "linear_0.bias": np.zeros(64, np.float32)}, x)
+    np.testing.assert_array_equal(compiled.evaluate(frozen, x)["output"], want["output"])
+    assert program_of(compiled, "test")._last_store.snapshots == []
+    assert ml.NumpyBackend().frozen(weight) is weight  # backends that convert nothing return the array itself

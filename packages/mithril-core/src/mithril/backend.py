@@ -256,6 +256,12 @@ class Backend(ABC):
     def array(self, data: Any, dtype: DType | None = None) -> Any:
         """Implemented by each backend."""
 
+    def frozen(self, array: Any) -> Any:
+        """`array` (of this backend) as a value its caller will not write while compiled models use it, such as
+        the weights a generation loop passes every token. Backends that convert parameters on each call (GGML's
+        quantized types) return a read-only copy they need not check for changes; the others return `array`."""
+        return array
+
     @abstractmethod
     def to_numpy(self, array: Any) -> Any:
         """Implemented by each backend."""

@@ -13,7 +13,7 @@ from mithril.dtypes import DType
 from mithril.graph import Graph
 from mithril.host_arrays import HostArrays
 
-from .lowering import GGMLProgram
+from .lowering import FrozenArray, GGMLProgram
 from .ops import OPS
 from .quant import QUANTIZE_MODES
 
@@ -61,6 +61,14 @@ class GGMLBackend(HostArrays, Backend):
 
     def __repr__(self) -> str:
         return f"GGMLBackend(dtype={self.dtype!r}, quantize={self.quantize!r}, n_threads={self.n_threads!r})"
+
+    def frozen(self, array: Any) -> np.ndarray:
+        """A read-only view of `array` that compiled models trust unchanged: converted (quantized) weights are
+        loaded from it once, not compared with a snapshot on every call. The caller promises that nothing
+        writes its memory, through any other array, while compiled models use it."""
+        view = np.asarray(array).view(FrozenArray)
+        view.flags.writeable = False
+        return view
 
     def threads_for(self, macs: int) -> int:
         """Threads for a graph of `macs` multiply-accumulates (the user's n_threads when given)."""

@@ -40,7 +40,7 @@ from .ops import OPS, Builder, T, check_node, ne4, node_budget, prefers_out_prod
 if TYPE_CHECKING:
     from .backend import GGMLBackend
 
-__all__ = ["GGMLProgram", "program_of", "quantization_report"]
+__all__ = ["FrozenArray", "GGMLProgram", "program_of", "quantization_report"]
 
 _CPU = G.ggml_backend_cpu_init()  # also initialises ggml's CPU tables; kept for the process lifetime
 _CPU_BUFT = G.ggml_backend_get_default_buffer_type(_CPU)
@@ -89,7 +89,8 @@ class _WeightStore:
     A contiguous float32 parameter stored as float32 is not copied: its tensor (and every graph
     view of it) points at the caller's array, so writes into that array are seen by the next call.
     Every other parameter is converted into the buffer and remembered by a snapshot of its source
-    (`changed`), so it is converted again when the source array is written in place.
+    (`changed`), so it is converted again when the source array is written in place; a source from
+    `GGMLBackend.frozen` is promised unchanged, so it has no snapshot.
     """
 
     def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]], mode: str | None) -> None:
@@ -136,12 +137,13 @@ class _WeightStore:
         for name, source, data in zip(names, arrays, prepared):
             tensor = self.tensors[name]
             assert data.nbytes == G.ggml_nbytes(tensor), (name, data.nbytes, G.ggml_nbytes(tensor))
-            if data is source and name not in self.transposed:  # float32, contiguous: read in place
+            if _in_place(data, source) and name not in self.transposed:  # float32, contiguous: read in place
                 self._point(name, data.ctypes.data)
                 continue
             self._point(name, self.own[name])
             ctypes.memmove(self.own[name], data.ctypes.data, data.nbytes)
-            self.snapshots.append((source, _snapshot(source)))
+            if not _unwritable(source):
+                self.snapshots.append((source, _snapshot(source)))
         for name, data in zip(self.transposed, prepared[len(names) :]):
             _view(self.transposed[name], data.shape)[...] = data
         self.loaded = arrays
@@ -154,6 +156,29 @@ class _WeightStore:
         if self.buffer:
             G.ggml_backend_buffer_free(self.buffer)
         G.ggml_free(self.ctx)
+
+
+def _in_place(data: np.ndarray, source: Any) -> bool:
+    """Whether prepared `data` is `source`'s own memory, unconverted (so ggml can read the source in place)."""
+    if data is source:
+        return True
+    return (
+        isinstance(source, np.ndarray)
+        and source.flags.c_contiguous
+        and data.dtype == source.dtype
+        and data.nbytes == source.nbytes
+        and data.ctypes.data == source.ctypes.data
+    )
+
+
+class FrozenArray(np.ndarray):
+    """A read-only view from `GGMLBackend.frozen`: its creator promises that its memory is not written while
+    compiled models use it, so a weight converted from it is never compared with a snapshot."""
+
+
+def _unwritable(source: np.ndarray) -> bool:
+    """Whether `source` is promised unchanged: a read-only FrozenArray."""
+    return type(source) is FrozenArray and not source.flags.writeable
 
 
 def _same(source: np.ndarray, snapshot: bytes | np.ndarray) -> bool:

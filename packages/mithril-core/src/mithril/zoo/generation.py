@@ -236,7 +236,7 @@ def generate(
         outputs = ["logits", *(_present(k) for k in keys["past"])]
         return ml_compile(model, backend, shapes=shapes, outputs=outputs, static_inference=True), keys
 
-    weights = {k: backend.array(v) for k, v in params.items()}
+    weights = {k: backend.frozen(backend.array(v)) for k, v in params.items()}  # unchanged until we return
     rng = np.random.default_rng(seed)
     prompt, keys = compiled_step(length)
     cache = {k: backend.zeros(*prompt.shapes[k]) for k in keys["past"]}
