@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -171,3 +172,26 @@ def test_frozen_weights_are_read_only_views_loaded_once_and_never_compared() -> 
     np.testing.assert_array_equal(compiled.evaluate(frozen, x)["output"], want["output"])
     assert program_of(compiled, "test")._last_store.snapshots == []
     assert ml.NumpyBackend().frozen(weight) is weight  # backends that convert nothing return the array itself
+
+
+def test_a_frozen_weight_is_quantized_once_for_every_program_and_forgotten_with_it() -> None:
+    from mithril_ggml import lowering
+
+    backend = ml.GGMLBackend(quantize="int8")
+    model = Model()
+    model |= ml.models.Linear(dimension=64)
+    rng = np.random.default_rng(3)
+    params = {
+        "linear_0.weight": backend.frozen(rng.standard_normal((64, 64)).astype(np.float32)),
+        "linear_0.bias": backend.frozen(np.zeros(64, np.float32)),
+    }
+    outputs = []
+    for batch in (1, 3):  # two programs, as generation's prompt and next-token step models
+        compiled = ml.compile(model, backend, shapes={"input": [batch, 64]}, static_inference=True)
+        outputs.append(compiled.evaluate(params, {"input": np.ones((batch, 64), np.float32)})["output"])
+    key = (id(params["linear_0.weight"]), quant_type := lowering.quant.QUANTIZE_MODES["int8"])
+    assert key in lowering._FROZEN_PREPARED and quant_type != 0
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    del params, compiled
+    gc.collect()  # the compiled models hold the weights until they are collected
+    assert key not in lowering._FROZEN_PREPARED

@@ -176,6 +176,27 @@ class FrozenArray(np.ndarray):
     compiled models use it, so a weight converted from it is never compared with a snapshot."""
 
 
+# Weights converted from frozen arrays, by (source id, ggml type), while the source lives: the step models of
+# one generate call (the prompt's and the next token's) quantize each weight once between them.
+_FROZEN_PREPARED: dict[tuple[int, int], tuple[weakref.ref[Any], np.ndarray]] = {}
+_FROZEN_LOCK = threading.Lock()
+
+
+def _prepared_frozen(array: Any, kind: int, hessian: np.ndarray | None) -> np.ndarray:
+    """quant.prepare(array, kind, hessian), shared by every program converting the same frozen array alike."""
+    if hessian is not None or not _unwritable(array):
+        return quant.prepare(array, kind, hessian)
+    key = (id(array), kind)
+    with _FROZEN_LOCK:
+        hit = _FROZEN_PREPARED.get(key)
+        if hit is not None and hit[0]() is array:
+            return hit[1]
+    data = quant.prepare(array, kind, None)
+    with _FROZEN_LOCK:
+        _FROZEN_PREPARED[key] = (weakref.ref(array, lambda _, key=key: _FROZEN_PREPARED.pop(key, None)), data)
+    return data
+
+
 def _unwritable(source: np.ndarray) -> bool:
     """Whether `source` is promised unchanged: a read-only FrozenArray."""
     return type(source) is FrozenArray and not source.flags.writeable
@@ -591,7 +612,7 @@ class GGMLProgram(Program):
             if hit is not None and hit[0] == kind and hit[1] is array:
                 out.append(hit[2])
             else:
-                out.append(quant.prepare(array, kind, self.calibration.get(name)))
+                out.append(_prepared_frozen(array, kind, self.calibration.get(name)))
         by_name = dict(zip(self.param_names, out))
         out.extend(np.ascontiguousarray(by_name[name].T) for name in store.transposed)
         return out
