@@ -1177,7 +1177,7 @@ OPS: dict[str, GGMLOp] = {
     "batch_norm": GGMLOp(_batch_norm),
     "batch_norm_inference": GGMLOp(_batch_norm_inference),
     "layer_norm": GGMLOp(_layer_norm),
-    "embedding": GGMLOp(_embedding),
+    "embedding": GGMLOp(_embedding, quantized_inputs=(Quantized("weight"),)),  # get_rows dequantizes rows
     "gelu": GGMLOp(_gelu),
     "leaky_relu": GGMLOp(_leaky_relu),
     "softmax": GGMLOp(_softmax_family(log=False)),
