@@ -8,7 +8,8 @@ sides through `gpt2.params_from_hf`), batch 1, prompt 32, 64 new tokens, float32
 - Mithril GGML int8 and int4 against GGML float32 and against Mithril torch (per decoded token);
 - per-token latency at token 60 over token 5 (median of tokens 58-62 over 3-7): the cache keeps it flat;
 - forward + backward of a training step (batch 2, 64 tokens, logits' upstream gradient given) on a
-  2-layer config against HF on torch.
+  2-layer config against HF on torch;
+- peak memory of one generate call per side, each in a fresh process, above the process holding the weights.
 
 Run: python benchmarks/bench_transformers.py [--small]   (--small: 2 layers instead of 12)
 """
@@ -158,17 +159,70 @@ def training_rows() -> list[tuple[str, float, float, float, float | None]]:
     return [("2-layer forward+backward, batch 2 x 64", c, r, ratio, GOALS["train"])]
 
 
+MEMORY_SIDES = ("hf", "torch", "ggml f32", "ggml int8", "ggml int4")
+
+
+def memory_worker(side: str, layers: int) -> dict[str, float]:
+    """In a fresh process: peak resident MB after holding the weights, and after one generate call on `side`."""
+    import resource  # noqa: PLC0415 - POSIX only, like the rest of this measurement
+
+    import torch  # noqa: PLC0415
+
+    def peak_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+    config = gpt2.GPT2Config(n_layer=layers, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = _hf(config)
+    params = gpt2.params_from_hf(hf.state_dict(), config)
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, (1, PROMPT))
+    before = peak_mb()
+    if side == "hf":
+        with torch.no_grad():
+            hf.generate(
+                torch.tensor(ids), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                attention_mask=torch.ones_like(torch.tensor(ids)), pad_token_id=0,
+            )  # fmt: skip
+    else:
+        quantize = {"ggml int8": "int8", "ggml int4": "int4"}.get(side)
+        backend = ml.backend("torch", dtype=ml.float32) if side == "torch" else ml.GGMLBackend(quantize=quantize)
+        gpt2.generate(backend, config, params, ids, max_new_tokens=NEW)
+    return {"weights": before, "peak": peak_mb()}
+
+
+def memory_rows(layers: int) -> list[tuple[str, float, float]]:
+    """(side, MB above the weights at the peak of one generate call, peak MB), each side in its own process."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    rows = []
+    for side in MEMORY_SIDES:
+        command = [sys.executable, __file__, "--memory-worker", side, "--layers", str(layers)]
+        result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        rows.append((side, result["peak"] - result["weights"], result["peak"]))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="2 layers instead of GPT-2 small's 12")
     parser.add_argument("--runs", type=int, default=3, help="generate calls per side (medians)")
+    parser.add_argument("--memory-worker", choices=MEMORY_SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_worker:
+        import json  # noqa: PLC0415
+
+        print(json.dumps(memory_worker(args.memory_worker, args.layers)))
+        return
     layers = 2 if args.small else 12
     config = gpt2.GPT2Config(n_layer=layers, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     print(f"GPT-2 n_layer {layers}, n_embd 768, n_head 12, vocab 50257; batch 1, prompt {PROMPT}, {NEW} new tokens")
     rows = generation_rows(config, args.runs)
     print_table(f"Generation ({layers} layers): ratio = Mithril / reference seconds per token", rows)
     print_table("Training step (2 layers): ratio = Mithril / HF seconds", training_rows())
+    print(f"\nPeak memory of one generate call ({layers} layers), each side in a fresh process holding the weights")
+    for side, extra, peak in memory_rows(layers):
+        print(f"{side:<12} {extra:>8.0f} MB above the weights   (peak {peak:.0f} MB)")
 
 
 if __name__ == "__main__":

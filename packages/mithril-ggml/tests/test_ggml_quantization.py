@@ -159,3 +159,15 @@ def test_calibrate_rejects_bad_calls_before_any_work() -> None:
     numpy_model = ml.compile(quickstart_mlp(), ml.NumpyBackend(), shapes={"input": [32, 64]})
     with pytest.raises(TypeError, match="calibrate needs a model compiled for the GGML backend"):
         mithril_ggml.calibrate(numpy_model, params, x)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantizing_in_chunks_of_rows_gives_the_same_bytes(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare rounds a large weight a few rows at a time (bounded temporaries); blocks are row-local, so the
+    bytes equal those of one pass over the whole matrix."""
+    matrix = np.random.default_rng(6).standard_normal((37, 96)).astype(np.float32)
+    ggml_type = quant.QUANTIZE_MODES[kind]
+    monkeypatch.setattr(quant, "_CHUNK_WEIGHTS", 1 << 30)
+    whole = quant.prepare(matrix, ggml_type)
+    monkeypatch.setattr(quant, "_CHUNK_WEIGHTS", 5 * 96)  # 5 rows a chunk, the last one shorter
+    np.testing.assert_array_equal(quant.prepare(matrix, ggml_type), whole)

@@ -90,7 +90,8 @@ class _WeightStore:
     view of it) points at the caller's array, so writes into that array are seen by the next call.
     Every other parameter is converted into the buffer and remembered by a snapshot of its source
     (`changed`), so it is converted again when the source array is written in place; a source from
-    `GGMLBackend.frozen` is promised unchanged, so it has no snapshot.
+    `GGMLBackend.frozen` is promised unchanged, so it has no snapshot, and its converted weight (one
+    array shared by every program that converts it) is read in place rather than copied in.
     """
 
     def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]], mode: str | None) -> None:
@@ -134,11 +135,16 @@ class _WeightStore:
     def load(self, names: list[str], arrays: tuple[Any, ...], prepared: list[np.ndarray]) -> None:
         """Point at or copy in the prepared weights of `arrays` (transposed copies after them)."""
         self.snapshots = []
+        self.pointed: list[np.ndarray] = []  # prepared weights the tensors read in place, kept alive with them
         for name, source, data in zip(names, arrays, prepared):
             tensor = self.tensors[name]
             assert data.nbytes == G.ggml_nbytes(tensor), (name, data.nbytes, G.ggml_nbytes(tensor))
             if _in_place(data, source) and name not in self.transposed:  # float32, contiguous: read in place
                 self._point(name, data.ctypes.data)
+                continue
+            if _unwritable(source) and data.flags.c_contiguous:  # converted once for every program: shared
+                self._point(name, data.ctypes.data)
+                self.pointed.append(data)
                 continue
             self._point(name, self.own[name])
             ctypes.memmove(self.own[name], data.ctypes.data, data.nbytes)

@@ -82,10 +82,15 @@ def prepare(array: np.ndarray, kind: int, hessian: np.ndarray | None = None) -> 
     matrix = data.reshape(rows, per_row)
     if hessian is not None:
         scales, levels = gptq(matrix, hessian, kind)
-    else:
-        scales, levels = _decode(_ggml_quantize(matrix, kind), kind)
-        levels = keep_block_sums(matrix.reshape(levels.shape), scales, levels, kind)
-    return _encode(scales, levels, kind).reshape(rows, -1)
+        return _encode(scales, levels, kind).reshape(rows, -1)
+    out = np.empty((rows, G.ggml_row_size(kind, per_row)), np.uint8)
+    step = max(1, _CHUNK_WEIGHTS // per_row)  # blocks are row-local: chunks of rows bound the temporaries
+    for start in range(0, rows, step):
+        part = matrix[start : start + step]
+        scales, levels = _decode(_ggml_quantize(part, kind), kind)
+        levels = keep_block_sums(part.reshape(levels.shape), scales, levels, kind)
+        out[start : start + step] = _encode(scales, levels, kind).reshape(len(part), -1)
+    return out
 
 
 # -- block formats ---------------------------------------------------------------------
@@ -93,6 +98,7 @@ def prepare(array: np.ndarray, kind: int, hessian: np.ndarray | None = None) -> 
 # weight = d * q. Q8_0 keeps q as int8 in [-127, 127]; Q4_0 packs q + 8 as nibbles, q in
 # [-8, 7], low nibbles holding the block's first 16 weights and high nibbles the rest.
 _LEVELS = {G.GGML_TYPE_Q8_0: (-127, 127), G.GGML_TYPE_Q4_0: (-8, 7)}
+_CHUNK_WEIGHTS = 1 << 20  # weights rounded at a time: a 124M-parameter model's wte peaks at tens of MB, not GB
 BLOCK_TYPES = frozenset(_LEVELS)
 
 
