@@ -124,6 +124,30 @@ def torch_rows() -> list[Row]:
     return rows
 
 
+def torch_jit_rows() -> list[Row]:
+    """trainer.step with jit=True (torch.compile of the step's graph) against the eager default, no target:
+    jit is an option for where it pays off, not the default. The first call's compile time is printed."""
+    rows = []
+    for name, model, shape in [("MLP 20-64-10, batch 32", quickstart_mlp(), [32, 20]),
+                               ("CNN 3x32x32, batch 32", quickstart_cnn(), [32, 3, 32, 32])]:  # fmt: skip
+        steps = []
+        for jit in (True, False):
+            backend = ml.backend("torch", dtype=ml.float32)
+            trainer = ml.Trainer(model, backend, loss=CrossEntropyLoss(), optimizer=ml.optim.Adam(lr=LR),
+                                 shapes={"input": shape}, jit=jit)  # fmt: skip
+            batch = _trainer("torch", model, shape)[2]
+            start = time.perf_counter()
+            box = [trainer.step(trainer.init(seed=0), batch)[0]]
+            print(f"torch {name}, jit={jit}: first step {time.perf_counter() - start:.2f} s")
+
+            def step(trainer: Any = trainer, batch: Any = batch, box: Any = box) -> None:
+                box[0] = trainer.step(box[0], batch)[0]
+
+            steps.append(step)
+        rows.append((f"{name}: jit=True vs eager step", *compare(steps[0], steps[1], rounds=3), None))
+    return rows
+
+
 def _torch_cnn(torch: Any) -> Any:
     nn = torch.nn
     return nn.Sequential(
@@ -213,6 +237,8 @@ def main() -> None:
     names = sys.argv[1:] or [b for b in ROWS if b in ml.available_backends()]
     for name in names:
         print_table(f"ml.Trainer.step vs hand-written ({name}, float32, CPU)", ROWS[name]())
+        if name == "torch":
+            print_table("ml.Trainer.step, torch.compile against eager (torch, float32, CPU)", torch_jit_rows())
         for case, seconds, epochs in digits_rows(name):
             print(f"{case:<44} {seconds:>9.2f} s  ({epochs} epochs)")
 
