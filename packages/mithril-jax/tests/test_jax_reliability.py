@@ -76,3 +76,34 @@ def test_backend_array_does_not_alias_the_callers_numpy_buffer(dtype: type) -> N
     placed = backend.array(host)
     host[:] = 7
     np.testing.assert_array_equal(np.asarray(placed), np.arange(4096, dtype=dtype))
+
+
+@pytest.mark.parametrize("dropout", [False, True], ids=["checked-while-computing", "random-checked-first"])
+def test_a_bad_class_target_in_a_train_step_raises_and_leaves_everything_as_it_was(dropout: bool) -> None:
+    """The fused step checks class targets while XLA computes (before, for random models): either way the error
+    names the value, the state passed in is untouched, the PRNG key is not consumed, and the next step is exact."""
+    from mithril.models import CrossEntropyLoss, Dropout, Linear, Model, Relu
+
+    model = Model()
+    model |= Linear(dimension=8)(input="input")
+    model += Relu()
+    if dropout:
+        model += Dropout(p=0.3)
+    model += Linear(dimension=3)
+    backend = ml.JaxBackend(dtype=ml.float64)
+    trainer = ml.Trainer(model, backend, loss=CrossEntropyLoss(), optimizer=ml.optim.Adam(lr=0.1),
+                         shapes={"input": [None, 5]})  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    backend.set_seed(1)
+    state = trainer.init(seed=0)
+    rng_before = backend.rng_state()
+    with pytest.raises(ml.IndexRangeError, match=r"index 3, outside the valid range \[0, 3\)"):
+        trainer.step(state, {"input": x, "target": np.array([0, 1, 2, 3])})
+    np.testing.assert_array_equal(backend.rng_state(), rng_before)
+    good = {"input": x, "target": np.array([0, 1, 2, 1])}
+    after, _ = trainer.step(state, good)
+    backend.set_seed(1)
+    want, _ = trainer.step(trainer.init(seed=0), good)
+    assert after.step == want.step == 1
+    for key in want.params:
+        np.testing.assert_array_equal(np.asarray(after.params[key]), np.asarray(want.params[key]), err_msg=key)

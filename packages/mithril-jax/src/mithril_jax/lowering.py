@@ -301,17 +301,24 @@ class JaxProgram(Program):
 
         jitted = jax.jit(step) if self.options.jit else step
         check, random, backend = self._check_indices, self.random, self.backend
+        # Without a PRNG key to give back, the index check can run while XLA computes the step: the step is
+        # functional (nothing donated), so a bad index drops its result and every state stays as it was.
+        check_first, check_after = (check, None) if random else (None, check)
 
         def call(params: Any, inputs: Any, opt_state: Any, t: Any, lr: Any) -> tuple[Any, Any, Any]:
-            if check is not None:
-                check(inputs)
+            if check_first is not None:
+                check_first(inputs)
+            given = inputs
             try:
                 if layout is not None:
                     params, inputs = self.place_params(params), self._place_inputs(inputs)
-                return jitted(params, inputs, opt_state, t, lr, *((backend.next_key(),) if random else ()))
+                result = jitted(params, inputs, opt_state, t, lr, *((backend.next_key(),) if random else ()))
             except Exception as error:
                 self._explain(error, params, inputs)
                 raise
+            if check_after is not None:
+                check_after(given)
+            return result
 
         return call
 
