@@ -15,7 +15,7 @@ import pytest
 import mithril as ml
 import mithril.models as models
 from mithril.backend import BackendOptions
-from mithril.testing.models import quickstart_cnn1d, quickstart_mlp
+from mithril.testing.models import quickstart_mlp
 
 ROUND_TRIPS = {"pickle": lambda obj: pickle.loads(pickle.dumps(obj)), "deepcopy": copy.deepcopy}
 # constructor arguments of the layers that need some
@@ -122,20 +122,3 @@ def test_a_backend_pickles_as_its_constructor_arguments() -> None:
     backend = ml.NumpyBackend(dtype="float64")
     copied = pickle.loads(pickle.dumps(backend))
     assert type(copied) is ml.NumpyBackend and copied.dtype is ml.float64 and copied.device == "cpu"
-
-
-@pytest.mark.parametrize("trip", ROUND_TRIPS)
-def test_state_travels_as_backend_arrays(trip: str) -> None:
-    backend = ml.NumpyBackend()
-    compiled = ml.compile(quickstart_cnn1d(), backend, {"input": [4, 4, 8]})
-    params = compiled.randomize_params(seed=0)
-    x = {"input": backend.randn(4, 4, 8)}
-    compiled.evaluate(params, x)
-    assert compiled.state is not None
-    copied = ROUND_TRIPS[trip](compiled)
-    assert copied.state is not None and copied.state.keys() == compiled.state.keys()
-    for key, value in compiled.state.items():
-        assert backend.is_array(copied.state[key])
-        np.testing.assert_array_equal(copied.state[key], value)
-    np.testing.assert_array_equal(copied.evaluate(params, x)["output"], compiled.evaluate(params, x)["output"])
-    assert pickle.loads(pickle.dumps(ml.compile(quickstart_cnn1d(), backend, {"input": [4, 4, 8]}))).state is None
