@@ -70,8 +70,11 @@ WHY = {
     "torch-mlp": "The hand-written side builds its leaf tensors once, outside the timed call; mithril-torch's "
     "`forward_backward` must make each caller-owned parameter a fresh leaf (`detach().requires_grad_()`, four "
     "per call) and checks shapes, dtypes and devices: a few microseconds on a ~90 us call.",
-    "ggml": "At 20-64-10 the arithmetic is about a microsecond; ggml's fixed cost per graph compute (about "
-    "1.1 us) and its small-matrix kernels are most of the row, the Python around them about 1.6 us.",
+    "ggml": "At 20-64-10 the arithmetic is about a microsecond, so ggml's fixed cost per graph compute and its "
+    "small-matrix kernels make the row. It was 0.93-0.96 on the Intel Xeon the earlier reports ran on; on the AMD EPYC VM of "
+    "2026-12-05 the same generated call spends about 27 us inside ggml_graph_compute even on one thread (profiled: "
+    "the Python around it, weight check included, is about 3 us), against 9 us for NumPy's whole call. Not yet "
+    "explained; the memory-bound rows, where ggml's kernels do real work, are not affected.",
 }
 
 
