@@ -74,7 +74,9 @@ WHY = {
     "small-matrix kernels make the row. It was 0.93-0.96 on the Intel Xeon the earlier reports ran on; on the "
     "AMD EPYC VM of 2026-12-05 the same generated call spends about 27 us inside ggml_graph_compute even on one "
     "thread (profiled: the Python around it, weight check included, is about 3 us), against 9 us for NumPy's "
-    "whole call. Not yet explained; the memory-bound rows, where ggml's kernels do real work, are not affected.",
+    "whole call. A lead, not yet checked: this build of ggml-python has llamafile's sgemm off "
+    "(`ggml_cpu_has_llamafile()` is 0), so small float32 matmuls run one short dot product per output element "
+    "(ggml's own fixed cost per compute is about 1 us here). The memory-bound rows are not affected.",
 }
 
 
