@@ -198,8 +198,12 @@ def _prepared_frozen(array: Any, kind: int, hessian: np.ndarray | None) -> np.nd
         if hit is not None and hit[0]() is array:
             return hit[1]
     data = quant.prepare(array, kind, None)
+
+    def forget(_: Any) -> None:
+        _FROZEN_PREPARED.pop(key, None)
+
     with _FROZEN_LOCK:
-        _FROZEN_PREPARED[key] = (weakref.ref(array, lambda _, key=key: _FROZEN_PREPARED.pop(key, None)), data)
+        _FROZEN_PREPARED[key] = (weakref.ref(array, forget), data)
     return data
 
 
