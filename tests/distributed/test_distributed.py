@@ -22,7 +22,11 @@ HERE = Path(__file__).resolve().parent
 WORKERS = str(HERE / "workers.py")
 LIMIT_S = 150
 COLLECTIVE_TIMEOUT_S = "5"  # torch's process-group timeout in the job: the timeout case waits this long
-JAX_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+JAX_ENV = {
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "JAX_PLATFORMS": "cpu",
+    "TIMEOUT_S": COLLECTIVE_TIMEOUT_S,  # JaxBackend(collective_timeout=...) in the timeout case
+}
 
 
 def free_port() -> int:
@@ -119,6 +123,14 @@ def test_a_collective_that_times_out_raises_naming_the_mesh(torch_ranks: list[di
     assert waiting.startswith("CollectiveError: Model on mesh {'data': 2}"), waiting
     assert "Timed out" in waiting or "timed out" in waiting, waiting
     assert torch_ranks[1]["timeout"] == "skipped the step"
+
+
+def test_a_jax_collective_past_collective_timeout_raises_naming_the_mesh(jax_ranks: list[dict[str, Any]]) -> None:
+    waiting = jax_ranks[0]["timeout"]
+    assert waiting.startswith("CollectiveError: Model on mesh {'data': 8}"), waiting
+    assert f"collective_timeout of {COLLECTIVE_TIMEOUT_S} s" in waiting, waiting
+    assert waiting.endswith(f"(after {COLLECTIVE_TIMEOUT_S} s)"), waiting  # raised at the timeout, not later
+    assert jax_ranks[1]["timeout"] == "skipped the step"
 
 
 def test_a_jax_process_that_dies_stops_the_other_instead_of_leaving_it_waiting() -> None:

@@ -242,7 +242,28 @@ def run_jax(process_id: int, port: str) -> dict[str, Any]:
     parallel = ml.JaxBackend(dtype=ml.float64, device_mesh=(8,))
     out["dropout"] = attempt(dropout_parity, ml, single, parallel)
     out["errors"] = bad_input(ml, parallel, meshed, lambda mesh: ml.JaxBackend(dtype=ml.float64, device_mesh=mesh))
+    out["timeout"] = jax_timeout_case(ml, process_id)  # last: it leaves a collective pending on process 0
     return out
+
+
+def jax_timeout_case(ml: Any, process_id: int) -> str:
+    """Process 1 skips a Trainer step: process 0's gradient all-reduce outlasts collective_timeout and raises
+    a CollectiveError naming the mesh. Process 0 then outwaits process 1, which prints its result first."""
+    from mithril.models import MSELoss
+
+    seconds = float(os.environ.get("TIMEOUT_S", "20"))
+    backend = ml.JaxBackend(dtype=ml.float64, device_mesh=(8,), collective_timeout=seconds)
+    trainer = ml.Trainer(mlp(), backend, MSELoss(), ml.optim.SGD(lr=0.1), shapes={"input": [BATCH, FEATURES]})
+    state = trainer.init(seed=0)
+    d = data()
+    if process_id == 1:
+        time.sleep(seconds + 3)
+        return "skipped the step"
+    started = time.monotonic()
+    error = raises(lambda: trainer.step(state, {"input": d["input"], "target": d["target"]}))
+    waited = time.monotonic() - started
+    time.sleep(6)
+    return f"{error} (after {waited:.0f} s)"
 
 
 def jax_dead_peer(process_id: int, port: str) -> None:

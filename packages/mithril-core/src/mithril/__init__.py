@@ -15,6 +15,7 @@ from .compiler import CompiledModel, compile
 from .dtypes import DType, bfloat16, bool_, float16, float32, float64, int32, int64, promote
 from .errors import (
     BackendNotFoundError,
+    CollectiveError,
     CompositionError,
     DTypeMismatchError,
     IndexRangeError,
@@ -39,6 +40,7 @@ __all__ = [
     "CompositionError",
     "DType",
     "DTypeMismatchError",
+    "CollectiveError",
     "IndexRangeError",
     "KeyNotFoundError",
     "MithrilError",

@@ -11,6 +11,7 @@ __all__ = [
     "IndexRangeError",
     "BackendNotFoundError",
     "UnsupportedError",
+    "CollectiveError",
     "NoFaultFound",
 ]
 
@@ -48,6 +49,11 @@ class BackendNotFoundError(MithrilError, ImportError):
 
 class UnsupportedError(MithrilError, NotImplementedError):
     """A backend lacks a capability the compiled model needs (op, dtype, gradients)."""
+
+
+class CollectiveError(MithrilError, RuntimeError):
+    """A collective of a device mesh across processes failed or timed out (another process stopped or made
+    another call); the job's processes must restart, as after any failed collective."""
 
 
 class NoFaultFound(MithrilError):

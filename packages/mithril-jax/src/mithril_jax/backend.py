@@ -22,7 +22,7 @@ from mithril.graph import Graph
 
 from .lowering import JaxProgram
 from .ops import OPS
-from .sharding import gather, make_mesh, sync_seed
+from .sharding import gather, make_mesh, sync_seed, with_deadline
 
 __all__ = ["JaxBackend", "JaxCompileOptions"]
 
@@ -115,9 +115,21 @@ class JaxBackend(ArrayMath, Backend):
         dtype: DType | str = ml.float32,
         device: str = "cpu",
         device_mesh: Sequence[int] | Mapping[str, int] | None = None,
+        collective_timeout: float | None = None,
         **options: Any,
     ) -> None:
         self.reject_unknown(options)
+        if collective_timeout is not None and (
+            isinstance(collective_timeout, bool)
+            or not isinstance(collective_timeout, (int, float))
+            or not collective_timeout > 0
+        ):
+            raise ValueError(
+                f"JaxBackend: collective_timeout must be a number of seconds > 0 or None, got {collective_timeout!r}"
+            )
+        # On a mesh across processes: how long a call waits for its results before raising CollectiveError
+        # (JAX's collectives have no timeout of their own; None waits as long as they take).
+        self.collective_timeout = None if collective_timeout is None else float(collective_timeout)
         platform, index = _parse_device(device)
         super().__init__(dtype, device)
         present = _present_platforms()
@@ -141,6 +153,10 @@ class JaxBackend(ArrayMath, Backend):
         self.mesh: Mesh | None = None if device_mesh is None else make_mesh(device_mesh, devices, platform)
         self._placement: Any = self.jax_device if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
         self._native = self._dtype(self.dtype)
+        if self.mesh is not None and self.collective_timeout is not None and jax.process_count() > 1:
+            # placing an array on a mesh across processes is a collective: bounded like a compiled call's
+            where = f"JaxBackend(device_mesh={dict(self.mesh.shape)})"
+            self._place = with_deadline(self._place, self.collective_timeout, where)  # type: ignore[method-assign]
         # held while the key is read and replaced, so concurrent calls never draw the same key
         self.key_lock = threading.Lock()
         seed = secrets.randbits(32)

@@ -39,7 +39,7 @@ from mithril.primitives import get as declaration
 from mithril.validation import make_diagnose
 
 from . import ops
-from .sharding import Layout
+from .sharding import Layout, with_deadline
 
 if TYPE_CHECKING:
     from .backend import JaxBackend, JaxCompileOptions
@@ -192,7 +192,7 @@ class JaxProgram(Program):
         the arrays are looked up by key (a wrong key raises and is diagnosed) and passed positionally.
         """
         gen = self.gen
-        gen.namespace.update(_explain=self._explain, _call_by_key=self._call_by_key, _put=jax.device_put)
+        gen.namespace.update(_explain=self._explain, _call_by_key=self._call_by_key, _put=self._put)
         if self.random:
             gen.namespace.update(_next_key=self.backend.next_key, _backend=self.backend)
         pk, ik, dk = self._param_keys, self._input_keys, self._differentiable
@@ -263,12 +263,23 @@ class JaxProgram(Program):
     def _compiled(self, fn: Callable[..., Any], gradients: Sequence[str]) -> Callable[..., Any]:
         """`fn` under jax.jit when jit is on; on a mesh, its outputs (then gradients) pinned to their shardings."""
         if not self.options.jit:
-            return fn
+            return self._bounded(fn)
         if self.layout is None:
             return jax.jit(fn)
         layout = self.layout
         outs = tuple(layout.outputs[k] for k in self._output_keys) + tuple(layout.params[k] for k in gradients)
-        return jax.jit(fn, out_shardings=outs)
+        return self._bounded(jax.jit(fn, out_shardings=outs))
+
+    def _put(self, arrays: Any, shardings: Any) -> Any:
+        """jax.device_put onto the mesh, within the backend's collective_timeout across processes."""
+        return self._bounded(jax.device_put)(arrays, shardings)
+
+    def _bounded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` awaited within the backend's collective_timeout on a mesh across processes; else `fn` itself."""
+        seconds = self.backend.collective_timeout
+        if self.layout is None or seconds is None or jax.process_count() == 1:
+            return fn
+        return with_deadline(fn, seconds, f"{self.graph.model.describe()} on mesh {dict(self.layout.mesh.shape)}")
 
     def _forward_backward_for(self, selected: tuple[str, ...]) -> Callable[..., Any]:
         """The jitted forward_backward for gradients of the outputs `selected` (graph order), built once."""
@@ -305,14 +316,19 @@ class JaxProgram(Program):
         # functional (nothing donated), so a bad index drops its result and every state stays as it was.
         check_first, check_after = (check, None) if random else (None, check)
 
+        def place_and_step(params: Any, inputs: Any, *rest: Any) -> tuple[Any, Any, Any]:
+            if layout is not None:
+                params, inputs = self.place_params(params), self._place_inputs(inputs)
+            return cast(tuple[Any, Any, Any], jitted(params, inputs, *rest))
+
+        placed_step = self._bounded(place_and_step)  # placing arrays across processes is a collective too
+
         def call(params: Any, inputs: Any, opt_state: Any, t: Any, lr: Any) -> tuple[Any, Any, Any]:
             if check_first is not None:
                 check_first(inputs)
             given = inputs
             try:
-                if layout is not None:
-                    params, inputs = self.place_params(params), self._place_inputs(inputs)
-                result = jitted(params, inputs, opt_state, t, lr, *((backend.next_key(),) if random else ()))
+                result = placed_step(params, inputs, opt_state, t, lr, *((backend.next_key(),) if random else ()))
             except Exception as error:
                 self._explain(error, params, inputs)
                 raise
@@ -365,7 +381,7 @@ class JaxProgram(Program):
             arrays += [output_gradients[k] for k in selected]
         try:
             if self.layout is not None:
-                arrays = list(jax.device_put(tuple(arrays), self._in_shardings(selected)))
+                arrays = list(self._put(tuple(arrays), self._in_shardings(selected)))
             if self._carries_key:
                 with self.backend.key_lock:
                     *r, self.backend._key = fn(*arrays, self.backend._key)

@@ -15,7 +15,8 @@ whole on every process.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,11 +24,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mithril.codegen import static_shape
-from mithril.errors import KeyNotFoundError, ShapeError
+from mithril.errors import CollectiveError, KeyNotFoundError, ShapeError
 from mithril.graph import Edge, Graph
 from mithril.mesh import DEFAULT_AXIS_NAMES, axis_spec
 
-__all__ = ["make_mesh", "Layout", "DEFAULT_AXIS_NAMES", "gather", "sync_seed"]
+__all__ = ["make_mesh", "Layout", "DEFAULT_AXIS_NAMES", "gather", "sync_seed", "with_deadline"]
 
 
 def make_mesh(spec: Sequence[int] | Mapping[str, int], devices: Sequence[Any], platform: str) -> Mesh:
@@ -160,3 +161,39 @@ def gather(array: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def with_deadline(fn: Callable[..., Any], seconds: float, where: str) -> Callable[..., Any]:
+    """`fn`, called and awaited for at most `seconds`: then a CollectiveError naming `where` is raised.
+
+    For calls whose collectives span processes (JaxBackend's collective_timeout): JAX's own wait has
+    no timeout, so a process that skipped the call would leave this one waiting for ever. The call and
+    the wait run on a helper thread (on CPU, XLA may run a collective inside the dispatching call); an
+    error of the computation itself is raised as it is.
+    """
+
+    def call(*args: Any) -> Any:
+        outcome: list[Any] = []
+        failure: list[BaseException] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append(jax.block_until_ready(fn(*args)))
+            except BaseException as error:  # noqa: BLE001 - handed to the calling thread
+                failure.append(error)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="mithril-collective-call", daemon=True).start()
+        if not done.wait(seconds):
+            raise CollectiveError(
+                f"{where}: no result on process {jax.process_index()} of {jax.process_count()} within the "
+                f"collective_timeout of {seconds:g} s: another process stopped, raised, or did not make the same "
+                "call; restart every process of the job (its collectives cannot be resumed)"
+            )
+        if failure:
+            raise failure[0]
+        return outcome[0]
+
+    return call

@@ -22,7 +22,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Placement, Replicate, Shard
 
 from mithril.codegen import static_shape
-from mithril.errors import KeyNotFoundError, MithrilError, ShapeError
+from mithril.errors import CollectiveError, KeyNotFoundError, MithrilError, ShapeError
 from mithril.graph import Edge, Graph, Node
 from mithril.mesh import DEFAULT_AXIS_NAMES, axis_spec
 
@@ -52,10 +52,6 @@ def _mse_loss(node: Node, a: Mapping[str, str]) -> str:
 
 
 MESH_OPS: dict[str, Any] = {"mse_loss": _mse_loss}
-
-
-class CollectiveError(MithrilError, RuntimeError):
-    """A collective of a device mesh failed or timed out (another rank stopped or made another call)."""
 
 
 def make_mesh(spec: Sequence[int] | Mapping[str, int], device_type: str) -> DeviceMesh:
