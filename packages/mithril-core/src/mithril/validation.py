@@ -12,7 +12,7 @@ from .errors import DTypeMismatchError, IndexRangeError, KeyNotFoundError, NoFau
 from .graph import Edge, Graph
 from .shapes import Dim, Renderer, Var, dim_values, resolve
 
-__all__ = ["make_diagnose", "IndexCheck", "index_checks", "make_index_check"]
+__all__ = ["make_diagnose", "IndexCheck", "index_checks", "indices_in_range", "make_index_check"]
 
 
 def make_diagnose(graph: Graph, backend: Backend) -> Callable[..., NoReturn]:
@@ -184,6 +184,13 @@ def index_checks(graph: Graph) -> list[IndexCheck]:
     return checks
 
 
+def indices_in_range(values: Any, bound: int) -> bool:
+    """Whether every index of the NumPy integer array `values` lies in [0, bound) (so when it is empty): one
+    reduction, since viewed as unsigned a negative index is larger than any bound."""
+    unsigned = values.view(f"u{values.itemsize}") if values.dtype.kind == "i" else values
+    return not values.size or bool(unsigned.max() < bound)
+
+
 def make_index_check(graph: Graph, backend: Backend) -> Callable[[Any, IndexCheck], None]:
     """The function generated code calls on each index input: raises IndexRangeError naming key, value and range."""
     owner = graph.model.describe()
@@ -197,9 +204,7 @@ def make_index_check(graph: Graph, backend: Backend) -> Callable[[Any, IndexChec
                 f"{owner}: inputs[{spec.key!r}] holds indices for {spec.user!r}, which must be integers, "
                 f"got dtype {values.dtype}"
             )
-        # one reduction in the common case: viewed as unsigned, a negative index is larger than any bound
-        unsigned = values.view(f"u{values.itemsize}") if values.dtype.kind == "i" else values
-        if not values.size or unsigned.max() < spec.bound:
+        if indices_in_range(values, spec.bound):
             return
         bad = (values < 0) | (values >= spec.bound)
         if spec.exempt is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from mithril.models.rules import normalize_axes
+from mithril.validation import indices_in_range
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -192,10 +193,8 @@ def _mean_nll(logp: np.ndarray, t: np.ndarray, ignore_index: int) -> np.ndarray:
 
 
 def _all_classes(t: np.ndarray, classes: int) -> bool:
-    """Whether `t` is non-empty and every target is in [0, classes): one reduction, since viewed as unsigned a
-    negative index is larger than any class count."""
-    unsigned = t.view(f"u{t.itemsize}") if t.dtype.kind == "i" else t
-    return bool(t.size) and unsigned.max() < classes
+    """Whether `t` is non-empty and every target is a class in [0, classes)."""
+    return bool(t.size) and indices_in_range(t, classes)
 
 
 def cross_entropy_grad(x: np.ndarray, t: np.ndarray, g: np.ndarray) -> np.ndarray:
