@@ -71,6 +71,8 @@ class JaxProgram(Program):
                 "ml.compile: shardings= needs a backend with a device mesh, e.g. JaxBackend(device_mesh=(8,))"
             )
         self.layout = None if backend.mesh is None else Layout(backend.mesh, graph, shardings or {})
+        # placing arrays on a mesh across processes is a collective: bounded by collective_timeout like a call
+        self._put = self._bounded(jax.device_put)
         random = [n for n in graph.nodes if declaration(n.primitive).random]
         self.random = bool(random)
         # off a mesh, the backend's key goes in and its successor comes out of each jitted call
@@ -269,10 +271,6 @@ class JaxProgram(Program):
         layout = self.layout
         outs = tuple(layout.outputs[k] for k in self._output_keys) + tuple(layout.params[k] for k in gradients)
         return self._bounded(jax.jit(fn, out_shardings=outs))
-
-    def _put(self, arrays: Any, shardings: Any) -> Any:
-        """jax.device_put onto the mesh, within the backend's collective_timeout across processes."""
-        return self._bounded(jax.device_put)(arrays, shardings)
 
     def _bounded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`fn` awaited within the backend's collective_timeout on a mesh across processes; else `fn` itself."""
