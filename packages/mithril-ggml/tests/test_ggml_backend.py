@@ -347,18 +347,13 @@ def test_out_prod_linear_matches_numpy_and_follows_new_params(shape: tuple[int, 
     assert readers[False] > 0 and readers[True] == 0
 
 
-def test_static_inference_matches_a_normal_compile_and_options_are_checked() -> None:
+def test_static_inference_generates_one_forward_equal_to_the_dynamic_path_and_options_are_checked() -> None:
+    """(What static_inference must do on every backend is checked by the conformance kit.)"""
     backend = ml.GGMLBackend()
     static = ml.compile(quickstart_mlp(), backend, shapes={"input": [3, 20]}, static_inference=True)
     normal = ml.compile(quickstart_mlp(), backend)  # shapes fixed at the first call: ggml's dynamic path
     params, x = static.randomize_params(seed=0), {"input": backend.randn(3, 20)}
     np.testing.assert_array_equal(static.evaluate(params, x)["output"], normal.evaluate(params, x)["output"])
     assert "def forward" in static.code and "def forward" not in normal.code  # the static forward was generated
-    with pytest.raises(ml.UnsupportedError, match="inference only"):
-        static.evaluate(params, x, {"output": backend.ones(3, 10)})
-    unshaped = ml.compile(quickstart_mlp(), backend, static_inference=True)  # the quick start's deployment form
-    assert unshaped.options.inference
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['fuse'\] for backend 'ggml'"):
-        ml.compile(quickstart_mlp(), backend, fuse=True)
     with pytest.raises(TypeError, match=r"option 'inference' must be bool, got None \(NoneType\)"):
         ml.compile(quickstart_mlp(), backend, inference=None)

@@ -133,6 +133,23 @@ class BackendConformance:
             pytest.skip("NaN and Inf propagation is checked in float32 and float64 (torch's half kernels differ)")
         self.check(case)
 
+    def test_static_inference_matches_a_normal_compile(self) -> None:
+        """static_inference=True gives a normal compile's outputs, refuses gradients, also compiles without shapes
+        (the quick start's deployment form), and an unknown compile option is refused naming the backend."""
+        backend = self.make()
+        static = compiler.compile(quickstart_mlp(), backend, shapes={"input": [3, 20]}, static_inference=True)
+        normal = compiler.compile(quickstart_mlp(), backend, shapes={"input": [3, 20]})
+        params, x = normal.randomize_params(seed=0), {"input": backend.randn(3, 20)}
+        np.testing.assert_array_equal(
+            backend.to_numpy(static.evaluate(params, x)["output"]),
+            backend.to_numpy(normal.evaluate(params, x)["output"]),
+        )
+        with pytest.raises(UnsupportedError, match="inference only"):
+            static.evaluate(params, x, {"output": backend.ones(3, 10)})
+        assert compiler.compile(quickstart_mlp(), backend, static_inference=True).options.inference
+        with pytest.raises(TypeError, match=rf"unknown option\(s\) \['fuse'\] for backend '{backend.name}'"):
+            compiler.compile(quickstart_mlp(), backend, fuse=True)
+
     def test_quickstart_mlp_matches_reference(self) -> None:
         """A composed model, at the quick start's sizes; elementwise tolerances hold in float32 and float64."""
         if self.dtype() not in (dtypes.float32, dtypes.float64):
