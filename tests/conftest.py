@@ -1,4 +1,7 @@
-"""Shared fixtures of the cross-package tests: a clean Python subprocess runner."""
+"""Shared fixtures of the cross-package tests: a clean Python subprocess runner; puts this directory on sys.path.
+
+The path matters under --import-mode=importlib, where the test modules would not otherwise find zoo_support.py.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import pytest
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
 
 PLUGIN_ENV = ("MITHRIL_PLUGINS", "MITHRIL_DISABLE_PLUGIN_AUTOLOAD")
 

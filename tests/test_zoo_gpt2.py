@@ -3,12 +3,12 @@ greedy generation with a key/value cache on every backend; int8/int4 on GGML kee
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from typing import Any
 
 import numpy as np
 import pytest
+from zoo_support import backend_or_skip, top1_agreement
 
 import mithril as ml
 from mithril.zoo import generation, gpt2
@@ -16,21 +16,11 @@ from mithril.zoo import generation, gpt2
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-BACKENDS = {"numpy": "mithril_numpy", "torch": "mithril_torch", "jax": "mithril_jax", "ggml": "mithril_ggml"}
 TINY = {"vocab_size": 100, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}
 # No dropout (HF in eval mode applies none; gradients compare in training form); initializer_range 0.2 spreads
 # the random model's logits, so greedy decoding does not collapse into one repeated token.
 HF_ARGS = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.2}
 HF_ARGS |= {"bos_token_id": 0, "eos_token_id": None, "pad_token_id": 0}
-
-
-def backend_or_skip(name: str, dtype: str, **options: Any) -> ml.Backend:
-    if importlib.util.find_spec(BACKENDS[name]) is None:
-        pytest.skip(f"the {name} backend ({BACKENDS[name]}) is not installed")
-    try:
-        return ml.backend(name, dtype=dtype, **options)
-    except ml.BackendNotFoundError as exc:
-        pytest.skip(f"the {name} backend cannot be used here: {exc}")
 
 
 def hf_model(dtype: str = "float64", seed: int = 0, **overrides: Any) -> Any:
@@ -242,26 +232,12 @@ def test_state_dict_buffers_numpy_arrays_and_untied_heads(hf32: Any) -> None:
         assert relative_error(got, untied(torch.tensor(ids)).logits.numpy()) < 1e-9
 
 
-def _top1_agreement(backend: ml.Backend, config: gpt2.GPT2Config, params: dict[str, Any], hf: Any) -> float:
-    ids = prompt(4, 32, seed=5)
-    compiled = ml.compile(gpt2.gpt2(config), backend, shapes={"input_ids": [4, 32]}, static_inference=True)
-    if backend.quantize == "int4":  # type: ignore[attr-defined]
-        import mithril_ggml  # noqa: PLC0415 - only with the ggml backend
-
-        samples = [{"input_ids": prompt(4, 32, seed=10 + i)} for i in range(8)]
-        mithril_ggml.calibrate(compiled, params, samples)
-    got = compiled.evaluate(params, {"input_ids": ids})["logits"]
-    with torch.no_grad():
-        expected = hf(torch.tensor(ids)).logits.numpy()
-    return float((got.argmax(-1) == expected.argmax(-1)).mean())
-
-
 def test_ggml_int8_keeps_hf_top1_and_int4_is_reported(hf32: Any) -> None:
     int8 = backend_or_skip("ggml", "float32", quantize="int8")
     int4 = backend_or_skip("ggml", "float32", quantize="int4")
     config, params = mithril_params(hf32)
-    agreement8 = _top1_agreement(int8, config, params, hf32)
-    agreement4 = _top1_agreement(int4, config, params, hf32)
+    agreement8 = top1_agreement(int8, gpt2.gpt2(config), params, hf32, config.vocab_size)
+    agreement4 = top1_agreement(int4, gpt2.gpt2(config), params, hf32, config.vocab_size)
     print(f"GGML top-1 agreement with HF float32 over 128 positions: int8 {agreement8:.3f}, int4+GPTQ {agreement4:.3f}")
     assert agreement8 >= 0.95
     assert agreement4 >= 0.5

@@ -3,11 +3,11 @@ the same random weights: logits, gradients and greedy generation on every backen
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import numpy as np
 import pytest
+from zoo_support import backend_or_skip, top1_agreement
 
 import mithril as ml
 from mithril.primitives.attention import rotary_tables
@@ -17,20 +17,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 modeling_llama = pytest.importorskip("transformers.models.llama.modeling_llama")
 
-BACKENDS = {"numpy": "mithril_numpy", "torch": "mithril_torch", "jax": "mithril_jax", "ggml": "mithril_ggml"}
 # Grouped-query attention: 2 key/value heads shared by 4 query heads.
 TINY = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2}
 TINY |= {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
 HF_ARGS = {"initializer_range": 0.2, "bos_token_id": 0, "eos_token_id": None, "pad_token_id": 0}
-
-
-def backend_or_skip(name: str, dtype: str, **options: Any) -> ml.Backend:
-    if importlib.util.find_spec(BACKENDS[name]) is None:
-        pytest.skip(f"the {name} backend ({BACKENDS[name]}) is not installed")
-    try:
-        return ml.backend(name, dtype=dtype, **options)
-    except ml.BackendNotFoundError as exc:
-        pytest.skip(f"the {name} backend cannot be used here: {exc}")
 
 
 def hf_model(dtype: str, attention: str = "eager", **overrides: Any) -> Any:
@@ -164,26 +154,12 @@ def test_state_dict_of_another_config_is_refused(hf32: Any) -> None:
         llama.generate(ml.NumpyBackend(), config, params, [[1, 2]], max_new_tokens=63)
 
 
-def _top1_agreement(backend: ml.Backend, config: llama.LlamaConfig, params: dict[str, Any], hf: Any) -> float:
-    ids = prompt(4, 32, seed=5)
-    compiled = ml.compile(llama.llama(config), backend, shapes={"input_ids": [4, 32]}, static_inference=True)
-    if backend.quantize == "int4":  # type: ignore[attr-defined]
-        import mithril_ggml  # noqa: PLC0415 - only with the ggml backend
-
-        samples = [{"input_ids": prompt(4, 32, seed=10 + i)} for i in range(8)]
-        mithril_ggml.calibrate(compiled, params, samples)
-    got = compiled.evaluate(params, {"input_ids": ids})["logits"]
-    with torch.no_grad():
-        expected = hf(torch.tensor(ids)).logits.numpy()
-    return float((got.argmax(-1) == expected.argmax(-1)).mean())
-
-
 def test_ggml_int8_keeps_hf_top1_and_int4_is_reported(hf32: Any) -> None:
     int8 = backend_or_skip("ggml", "float32", quantize="int8")
     int4 = backend_or_skip("ggml", "float32", quantize="int4")
     config, params = mithril_params(hf32)
-    agreement8 = _top1_agreement(int8, config, params, hf32)
-    agreement4 = _top1_agreement(int4, config, params, hf32)
+    agreement8 = top1_agreement(int8, llama.llama(config), params, hf32, config.vocab_size)
+    agreement4 = top1_agreement(int4, llama.llama(config), params, hf32, config.vocab_size)
     report = f"int8 {agreement8:.3f}, int4+GPTQ {agreement4:.3f}"
     print(f"Llama GGML top-1 agreement with HF float32 over 128 positions: {report}")
     # Below GPT-2's: on this random config (logits' top-2 gap ~0.3, Q8_0 rounding weights and activations) int8
