@@ -137,11 +137,77 @@ def test_generation_reads_the_prompt_once_then_one_token_per_step(hf32: Any, mon
         return compiled
 
     monkeypatch.setattr(ml.compiler, "compile", counting_compile)
+    generation.clear_cache()  # compiled step models kept by earlier tests would not be compiled again
     out = gpt2.generate(backend, config, params, prompt(1, 4), max_new_tokens=6)
     assert out.shape == (1, 10)
     assert [shapes["input_ids"] for shapes in compiles] == [[1, 4], [1, 1]]  # the prompt's chunk, then single tokens
     assert all(shapes["h_0.attn.past_key"] == [1, 9, None] for shapes in compiles)  # one fixed cache: 4 + 6 - 1
     assert calls == [(1, 4)] + [(1, 1)] * 5
+
+
+def test_compiled_step_models_are_kept_across_calls(hf32: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = backend_or_skip("numpy", "float32")
+    config, params = mithril_params(hf32)
+    compiles: list[Any] = []
+    real_compile = ml.compile
+    monkeypatch.setattr(ml.compiler, "compile", lambda *a, **k: compiles.append(k["shapes"]) or real_compile(*a, **k))
+    monkeypatch.setattr(generation, "STEP_MODELS_KEPT", 4)
+    generation.clear_cache()
+    first = gpt2.generate(backend, config, params, prompt(1, 4), max_new_tokens=6)
+    assert len(compiles) == 2
+    np.testing.assert_array_equal(gpt2.generate(backend, config, params, prompt(1, 4), max_new_tokens=6), first)
+    assert len(compiles) == 2  # the same backend, config, batch and lengths: nothing compiled again
+    gpt2.generate(backend, config, params, prompt(1, 4), max_new_tokens=7)  # another cache length
+    gpt2.generate(ml.NumpyBackend(), config, params, prompt(1, 4), max_new_tokens=6)  # another backend
+    gpt2.generate(backend, gpt2.GPT2Config(**{**TINY, "n_layer": 1}), params_of_layers(params, 1), prompt(1, 4), 6)
+    assert len(compiles) == 8
+    assert len(generation._step_models) == generation.STEP_MODELS_KEPT  # the oldest were dropped
+    generation.clear_cache()
+    gpt2.generate(backend, config, params, prompt(1, 4), max_new_tokens=6)
+    assert len(compiles) == 10
+
+
+def params_of_layers(params: dict[str, np.ndarray], layers: int) -> dict[str, np.ndarray]:
+    """The parameters of the first `layers` blocks (and the rest of the model)."""
+    deeper = re.compile(r"h_(\d+)\.")
+    return {k: v for k, v in params.items() if not (m := deeper.match(k)) or int(m.group(1)) < layers}
+
+
+KEPT_CASES = [("numpy", {}), ("torch", {}), ("jax", {}), ("ggml", {}), ("ggml", {"quantize": "int8"})]
+
+
+@pytest.mark.parametrize(("name", "options"), KEPT_CASES, ids=["numpy", "torch", "jax", "ggml", "ggml-int8"])
+def test_kept_step_models_see_weights_written_between_calls(name: str, options: Any, hf32: Any) -> None:
+    """A weight written in place between two calls changes the second call's tokens as if nothing were kept."""
+    backend = backend_or_skip(name, "float32", **options)
+    config, params = mithril_params(hf32)
+    params = {k: backend.array(v.copy()) for k, v in params.items()}
+    ids = prompt(1, 5, seed=3)
+    before = gpt2.generate(backend, config, params, ids, max_new_tokens=8)
+    head = params["wte.weight"]  # tied: the token embeddings and the LM head
+    written = np.random.default_rng(1).standard_normal(tuple(head.shape)).astype(np.float32) * 3
+    if name in ("numpy", "ggml"):
+        head[...] = written  # in place, through the very array the kept programs saw last
+    elif name == "torch":
+        with torch.no_grad():
+            head.copy_(torch.from_numpy(written))
+    else:  # JAX arrays are immutable: a new array under the same key
+        params = {**params, "wte.weight": backend.array(written)}
+    after = gpt2.generate(backend, config, params, ids, max_new_tokens=8)
+    generation.clear_cache()
+    np.testing.assert_array_equal(after, gpt2.generate(backend, config, params, ids, max_new_tokens=8))
+    assert not np.array_equal(after, before)
+
+
+def test_logits_to_keep_computes_the_last_positions_only(hf32: Any) -> None:
+    backend = backend_or_skip("numpy", "float32")
+    config, params = mithril_params(hf32)
+    ids = {"input_ids": prompt(2, 6)}
+    full = ml.compile(gpt2.gpt2(config), backend, shapes={"input_ids": [2, 6]}).evaluate(params, ids)["logits"]
+    last = ml.compile(gpt2.gpt2(config, logits_to_keep=2), backend, shapes={"input_ids": [2, 6]})
+    np.testing.assert_allclose(last.evaluate(params, ids)["logits"], full[:, -2:], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"gpt2: logits_to_keep must be an int >= 0 .* got -1"):
+        gpt2.gpt2(config, logits_to_keep=-1)
 
 
 def test_cache_mask_is_causal_over_the_appended_chunk() -> None:

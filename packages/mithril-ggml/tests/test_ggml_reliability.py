@@ -195,3 +195,35 @@ def test_a_frozen_weight_is_quantized_once_for_every_program_and_forgotten_with_
     del params, compiled
     gc.collect()  # the compiled models hold the weights until they are collected
     assert key not in lowering._FROZEN_PREPARED
+
+
+def test_frozen_weights_stay_quantized_across_generate_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights frozen once are quantized by the first generate call only; plain arrays by every call (they may
+    have been written since); kept step models let go of frozen weights' quantized form with the weights."""
+    from mithril.zoo import generation, gpt2
+    from mithril_ggml import lowering
+
+    config = gpt2.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2)
+    rng = np.random.default_rng(4)
+    plain = {k: rng.standard_normal(s).astype(np.float32) * 0.2 for k, s in gpt2.param_shapes(config).items()}
+    backend = ml.GGMLBackend(quantize="int8")
+    prepared: list[tuple[int, ...]] = []
+    real_prepare = lowering.quant.prepare
+    monkeypatch.setattr(lowering.quant, "prepare", lambda a, *rest: prepared.append(a.shape) or real_prepare(a, *rest))
+    generation.clear_cache()
+    ids = rng.integers(0, 64, (1, 4))
+    frozen = {k: backend.frozen(v) for k, v in plain.items()}
+    first = gpt2.generate(backend, config, frozen, ids, max_new_tokens=5)
+    per_call = len(prepared)
+    assert per_call == len(plain)  # each weight once, shared by the prompt's and the next token's programs
+    np.testing.assert_array_equal(gpt2.generate(backend, config, frozen, ids, max_new_tokens=5), first)
+    assert len(prepared) == per_call  # nothing quantized again
+    np.testing.assert_array_equal(gpt2.generate(backend, config, plain, ids, max_new_tokens=5), first)
+    np.testing.assert_array_equal(gpt2.generate(backend, config, plain, ids, max_new_tokens=5), first)
+    assert len(prepared) == 3 * per_call
+    key = (id(frozen["wte.weight"]), lowering.quant.QUANTIZE_MODES["int8"])
+    assert key in lowering._FROZEN_PREPARED
+    del frozen
+    generation.clear_cache()
+    gc.collect()
+    assert key not in lowering._FROZEN_PREPARED

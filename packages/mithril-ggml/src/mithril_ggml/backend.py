@@ -62,10 +62,21 @@ class GGMLBackend(HostArrays, Backend):
     def __repr__(self) -> str:
         return f"GGMLBackend(dtype={self.dtype!r}, quantize={self.quantize!r}, n_threads={self.n_threads!r})"
 
+    def array(self, data: Any, dtype: DType | None = None) -> np.ndarray:
+        """As HostArrays.array, but an array from `frozen` that needs no conversion is returned as it is."""
+        if _is_frozen(data):
+            target = self.dtype if dtype is None and data.dtype.kind in "fV" else dtype
+            if target is None or self.dtype_of(data) == target:
+                return data  # type: ignore[no-any-return]
+        return super().array(data, dtype)
+
     def frozen(self, array: Any) -> np.ndarray:
         """A read-only view of `array` that compiled models trust unchanged: converted (quantized) weights are
         loaded from it once, not compared with a snapshot on every call. The caller promises that nothing
-        writes its memory, through any other array, while compiled models use it."""
+        writes its memory, through any other array, while compiled models use it. A frozen array is returned
+        as it is, so weights frozen once keep their converted form across calls and programs."""
+        if _is_frozen(array):
+            return array  # type: ignore[no-any-return]
         view = np.asarray(array).view(FrozenArray)
         view.flags.writeable = False
         return view
@@ -81,3 +92,8 @@ class GGMLBackend(HostArrays, Backend):
     # -- lowering ----------------------------------------------------------------------
     def lower(self, graph: Graph, options: CompileOptions) -> GGMLProgram:
         return GGMLProgram(self, graph, options)
+
+
+def _is_frozen(array: Any) -> bool:
+    """Whether `array` came from GGMLBackend.frozen (a read-only FrozenArray)."""
+    return type(array) is FrozenArray and not array.flags.writeable

@@ -604,6 +604,8 @@ class GGMLProgram(Program):
         else:
             prepared = self._convert(params, ps, store, fresh)
         store.load(self.param_names, ps, prepared)
+        if not self.calibration and all(map(_unwritable, ps)):  # shared by _FROZEN_PREPARED while they live
+            return store
         self._prepared[key] = (ps, prepared, store.snapshots)
         self._prepared.move_to_end(key)
         while len(self._prepared) > _PREPARED_CACHE:

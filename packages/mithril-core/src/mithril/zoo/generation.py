@@ -9,18 +9,27 @@ its *step* model, which reads a chunk of L tokens and attends over a cache of fi
   "<layer>.cache_mask" [L, S] (additive: 0 where a query may attend to a cached entry, -inf
   elsewhere); outputs "<layer>.present_key" / "<layer>.present_value" [B, S, width], the cache with
   the chunk's keys and values appended at the end (the oldest L entries drop off);
-- output "logits" [B, L, V].
+- output "logits" [B, L, V], or only the last position's [B, 1, V] (all that generation reads: a
+  prompt's other logits are work for nothing; see `keep_last`).
 
 `attention(...)` adds either form of causal multi-head attention to a block, and `generate(...)`
 runs the loop: it compiles the step model for the prompt (L = T) and for single tokens (L = 1),
 reads the prompt in one call and then feeds each new token, so each token costs O(S) work instead
 of a rerun of the sequence. Every backend runs it, GGML's static graphs included: the cache has one
 fixed shape for the whole call.
+
+Given a `cache_key` naming the decoder, the compiled step models are kept for later calls with the
+same backend, batch and lengths (the last STEP_MODELS_KEPT of them; `clear_cache()` drops them):
+compiling takes longer than a few dozen tokens. A kept GGML program holds the weights of its last
+call until its next one; weights passed as `backend.frozen(...)` arrays stay converted (quantized)
+across calls, while plain arrays are converted again by each call, since they may have been written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,10 +38,30 @@ from ..models.attention import AttentionHeads
 from ..models.base import Model
 from ..models.sequence import Concat, Index
 
-__all__ = ["CachedAttention", "attention", "cache_mask", "check_params", "check_generate_args", "generate", "sample"]
+__all__ = [
+    "CachedAttention",
+    "attention",
+    "cache_mask",
+    "check_params",
+    "check_generate_args",
+    "clear_cache",
+    "generate",
+    "keep_last",
+    "sample",
+]
 
 CACHE_INPUTS = ("past_key", "past_value")
 MASK = "cache_mask"
+STEP_MODELS_KEPT = 8  # compiled step models kept across calls: a prompt's and a next token's, for four shapes
+
+_step_models: OrderedDict[tuple[Any, ...], tuple[Any, dict[str, list[str]]]] = OrderedDict()
+_step_models_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Drop the compiled step models `generate` keeps between calls (and the weights they hold)."""
+    with _step_models_lock:
+        _step_models.clear()
 
 
 class CachedAttention(Model):
@@ -84,6 +113,19 @@ def attention(
         heads = AttentionHeads(num_heads, num_kv_heads, is_causal=True, scale=scale)
         model |= heads(query=query, key=key, value=value, output=output)
     return model
+
+
+def keep_last(model: Model, hidden: str, logits_to_keep: int, owner: str = "keep_last") -> str:
+    """The connection holding the last `logits_to_keep` positions of `hidden` [B, T, ...] (all for 0), as HF's
+    `logits_to_keep`: a decoder applies its head to it, so a prompt read for generation projects one position."""
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(
+            f"{owner}: logits_to_keep must be an int >= 0 (0 keeps every position), got {logits_to_keep!r}"
+        )
+    if logits_to_keep == 0:
+        return hidden
+    model |= Index[:, -logits_to_keep:](input=hidden, output=f"{hidden}_last")
+    return f"{hidden}_last"
 
 
 def cache_mask(cache_length: int, chunk: int, start: int) -> np.ndarray:
@@ -199,10 +241,13 @@ def generate(
     top_k: int | None = None,
     seed: int | None = None,
     owner: str = "generate",
+    cache_key: Hashable | None = None,
 ) -> np.ndarray:
     """input_ids [B, T] followed by max_new_tokens tokens from a decoder: ids [B, T + max_new_tokens].
 
     step_model(chunk) builds the decoder's step model reading `chunk` tokens per call (the protocol above).
+    cache_key names the decoder it builds (equal keys, the same models): with one, the compiled step
+    models are kept for later calls; without, each call compiles its own.
     """
     from ..compiler import compile as ml_compile  # noqa: PLC0415 - mithril.zoo stays importable on its own
 
@@ -226,6 +271,22 @@ def generate(
     cache_length = total - 1  # the last new token is never fed back
 
     def compiled_step(chunk: int) -> tuple[Any, dict[str, list[str]]]:
+        if cache_key is None:
+            return compile_step(chunk)
+        key = (backend, cache_key, batch, chunk, cache_length)
+        with _step_models_lock:
+            kept = _step_models.get(key)
+            if kept is not None:
+                _step_models.move_to_end(key)
+                return kept
+        kept = compile_step(chunk)
+        with _step_models_lock:
+            _step_models[key] = kept
+            while len(_step_models) > STEP_MODELS_KEPT:
+                _step_models.popitem(last=False)
+        return kept
+
+    def compile_step(chunk: int) -> tuple[Any, dict[str, list[str]]]:
         model = step_model(chunk)
         keys = _step_keys(owner, model)
         shapes: dict[str, list[int | None]] = {"input_ids": [batch, chunk]}
@@ -239,7 +300,8 @@ def generate(
     weights = {k: backend.frozen(backend.array(v)) for k, v in params.items()}  # unchanged until we return
     rng = np.random.default_rng(seed)
     prompt, keys = compiled_step(length)
-    cache = {k: backend.zeros(*prompt.shapes[k]) for k in keys["past"]}
+    shapes = prompt.shapes  # a dict built per read
+    cache = {k: backend.zeros(*shapes[k]) for k in keys["past"]}
 
     def step(compiled: Any, start: int, chunk: int) -> None:
         """Feed positions start .. start + chunk - 1, update the cache and choose the token after them."""

@@ -128,12 +128,13 @@ def _block(config: GPT2Config, index: int, cached: bool, chunk: int) -> Model:
     return block
 
 
-def gpt2(config: GPT2Config, *, cached: bool = False, chunk: int = 1) -> Model:
+def gpt2(config: GPT2Config, *, cached: bool = False, chunk: int = 1, logits_to_keep: int = 0) -> Model:
     """GPT2LMHeadModel: input "input_ids" [B, T] (int) -> output "logits" [B, T, vocab_size].
 
     cached=True builds the step model reading `chunk` tokens per call with a key/value cache
     (mithril.zoo.generation's protocol: inputs "position_ids" and each block's past_key/past_value/
-    cache_mask), with the same parameter keys. Dropout layers exist only for nonzero resid_pdrop/
+    cache_mask), with the same parameter keys. logits_to_keep > 0 computes the logits of the last
+    positions only, as HF's argument (generation keeps 1). Dropout layers exist only for nonzero resid_pdrop/
     embd_pdrop; attention dropout (attn_pdrop) is not applied.
     """
     if not isinstance(config, GPT2Config):
@@ -150,6 +151,7 @@ def gpt2(config: GPT2Config, *, cached: bool = False, chunk: int = 1) -> Model:
     for index in range(config.n_layer):
         model |= _block(config, index, cached, chunk)(input=hidden, output=f"hidden_{index}")
         hidden = f"hidden_{index}"
+    hidden = generation.keep_last(model, hidden, logits_to_keep, "gpt2")
     model |= LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, name="ln_f")(input=hidden, output="final")
     head = Linear(config.vocab_size, bias=False, name="lm_head")
     if config.tie_word_embeddings:
@@ -271,7 +273,7 @@ def generate(
     generation.check_params("gpt2.generate", params, param_shapes(config))
     return generation.generate(
         backend,
-        lambda chunk: gpt2(config, cached=True, chunk=chunk),
+        lambda chunk: gpt2(config, cached=True, chunk=chunk, logits_to_keep=1),
         params,
         input_ids,
         max_new_tokens,
@@ -282,4 +284,5 @@ def generate(
         top_k=top_k,
         seed=seed,
         owner="gpt2.generate",
+        cache_key=("gpt2", config),
     )

@@ -141,11 +141,12 @@ def _layer(config: LlamaConfig, index: int, cached: bool, chunk: int) -> Model:
     return layer
 
 
-def llama(config: LlamaConfig, *, cached: bool = False, chunk: int = 1) -> Model:
+def llama(config: LlamaConfig, *, cached: bool = False, chunk: int = 1, logits_to_keep: int = 0) -> Model:
     """LlamaForCausalLM: input "input_ids" [B, T] (int) -> output "logits" [B, T, vocab_size].
 
     cached=True builds the step model reading `chunk` tokens per call with a key/value cache
-    (mithril.zoo.generation's protocol), with the same parameter keys.
+    (mithril.zoo.generation's protocol), with the same parameter keys. logits_to_keep > 0 computes
+    the logits of the last positions only, as HF's argument (generation keeps 1).
     """
     if not isinstance(config, LlamaConfig):
         raise TypeError(f"llama: config must be a LlamaConfig, got {type(config).__name__}")
@@ -160,6 +161,7 @@ def llama(config: LlamaConfig, *, cached: bool = False, chunk: int = 1) -> Model
     for index in range(config.num_hidden_layers):
         model |= _layer(config, index, cached, chunk)(input=hidden, cos="cos", sin="sin", output=f"hidden_{index}")
         hidden = f"hidden_{index}"
+    hidden = generation.keep_last(model, hidden, logits_to_keep, "llama")
     model |= RMSNorm(config.hidden_size, eps=config.rms_norm_eps, name="norm")(input=hidden, output="final")
     head = Linear(config.vocab_size, bias=False, name="lm_head")
     if config.tie_word_embeddings:
@@ -255,7 +257,7 @@ def generate(
     generation.check_params("llama.generate", params, param_shapes(config))
     return generation.generate(
         backend,
-        lambda chunk: llama(config, cached=True, chunk=chunk),
+        lambda chunk: llama(config, cached=True, chunk=chunk, logits_to_keep=1),
         params,
         input_ids,
         max_new_tokens,
@@ -266,4 +268,5 @@ def generate(
         top_k=top_k,
         seed=seed,
         owner="llama.generate",
+        cache_key=("llama", config),
     )
