@@ -288,3 +288,36 @@ def test_attention_heads_with_grouped_heads_and_a_mask(kv_heads: int, causal: bo
     reference = ml.compile(model, ml.NumpyBackend(), {k: list(v.shape) for k, v in x.items()}, inference=True)
     (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["output"], x)
     np.testing.assert_allclose(got, reference.evaluate({}, x)["output"], rtol=1e-5, atol=1e-6)
+
+
+INDEX_CASES = [
+    (slice(None), -1),
+    (Ellipsis, slice(None, 3)),
+    (slice(None), slice(None, None, -1), slice(1, 5, 2)),
+    (None, slice(None), 2, slice(None, None, -2)),
+    (slice(-2, None), slice(1, -1)),
+    (1,),
+    (-1, slice(3, 0, -2), None),
+    (slice(None, None, -1), Ellipsis, slice(-1, None, -3)),
+    "chunk",
+]
+
+
+@pytest.mark.parametrize("index", INDEX_CASES, ids=lambda index: str(index).replace(" ", ""))
+def test_indexing_exports_on_a_symbolic_axis(index: tuple | str, tmp_path: Path) -> None:
+    """Index and Chunk as ONNX Slice/Squeeze/Unsqueeze equal NumPy's indexing, whatever the first axis' size."""
+    from mithril.models.sequence import Chunk, Concat, Index
+
+    model = Model()
+    if index == "chunk":  # torch.chunk(x, 3, dim=-1), its last two pieces joined
+        model |= Chunk(3, dim=-1)(input="input", output0="first", output1="second", output2="third")
+        model |= Concat(2, dim=-1)(input0="second", input1="third", output="output")
+        index = (Ellipsis, slice(2, None))
+    else:
+        model |= Index[index](input="input", output="output")
+    path = tmp_path / "index.onnx"
+    ml.export_onnx(model, path, params={}, shapes={"input": [None, 4, 6]})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (2, 3):
+        x = np.arange(batch * 24, dtype=np.float32).reshape(batch, 4, 6)
+        np.testing.assert_array_equal(session.run(["output"], {"input": x})[0], x[index])

@@ -66,8 +66,7 @@ def test_gguf_reader_sees_llama_cpp_gpt2_names_shapes_and_metadata(tmp_path: Pat
     known = {gguf.TENSOR_NAMES[t].format(bid=i) for t in gguf.MODEL_TENSORS[arch] for i in range(2)}
     assert {name.rsplit(".", 1)[0] for name in tensors} <= known
     qkv = np.array(tensors["blk.0.attn_qkv.weight"].data)
-    stacked = np.concatenate([params[f"h_0.attn.{p}_proj.weight"] for p in "qkv"])
-    np.testing.assert_array_equal(qkv, stacked)
+    np.testing.assert_array_equal(qkv, params["h_0.attn.c_attn.weight"])  # q, k and v rows, as llama.cpp packs them
     np.testing.assert_array_equal(np.array(tensors["blk.1.ffn_up.weight"].data), params["h_1.mlp.c_fc.weight"])
 
 

@@ -3,13 +3,12 @@
 The file carries `general.architecture = "gpt2"`, the gpt2.* hyperparameters (context_length,
 embedding_length, block_count, feed_forward_length, attention.head_count,
 attention.layer_norm_epsilon) and llama.cpp's tensor names: token_embd, position_embd,
-blk.N.attn_norm, blk.N.attn_qkv (q, k and v concatenated along the output rows), blk.N.attn_output,
+blk.N.attn_norm, blk.N.attn_qkv (q, k and v packed along the output rows, as gpt2's c_attn), blk.N.attn_output,
 blk.N.ffn_norm, blk.N.ffn_up, blk.N.ffn_down, output_norm and output (only for untied heads).
 Weights are [out, in] as llama.cpp's converter writes them (GGUF dims [in, out]). Mithril adds
 "mithril.config" (every GPT2Config field, as JSON) and "mithril.quantize"; a file without them
 (e.g. from llama.cpp's converter) is read from the gpt2.* keys and the tensor shapes.
-Quantized rows are independent blocks, so q, k and v are concatenated and split as stored bytes:
-the file holds exactly what the compiled model runs.
+Quantized weights are written as stored bytes: the file holds exactly what the compiled model runs.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ __all__ = ["ARCH", "gguf_names", "write_gpt2", "read_gpt2"]
 ARCH = "gpt2"
 _CONFIG = "mithril.config"
 _MODE = "mithril.quantize"
-_QKV = ("q", "k", "v")
 _MODES = {
     int(gguf.LlamaFileType.ALL_F32): "none",
     int(gguf.LlamaFileType.MOSTLY_F16): "float16",
@@ -40,21 +38,21 @@ _MODES = {
 }
 
 
-def gguf_names(config: zoo_gpt2.GPT2Config) -> dict[str, list[str]]:
-    """{llama.cpp tensor name: the Mithril parameter keys stored in it, concatenated along rows}."""
-    names: dict[str, list[str]] = {"token_embd.weight": ["wte.weight"], "position_embd.weight": ["wpe.weight"]}
+def gguf_names(config: zoo_gpt2.GPT2Config) -> dict[str, str]:
+    """{llama.cpp tensor name: the Mithril parameter key stored in it}."""
+    names = {"token_embd.weight": "wte.weight", "position_embd.weight": "wpe.weight"}
     for i in range(config.n_layer):
         blk, h = f"blk.{i}.", f"h_{i}."
         for part in ("weight", "bias"):
-            names[f"{blk}attn_norm.{part}"] = [f"{h}ln_1.{part}"]
-            names[f"{blk}attn_qkv.{part}"] = [f"{h}attn.{p}_proj.{part}" for p in _QKV]
-            names[f"{blk}attn_output.{part}"] = [f"{h}attn.c_proj.{part}"]
-            names[f"{blk}ffn_norm.{part}"] = [f"{h}ln_2.{part}"]
-            names[f"{blk}ffn_up.{part}"] = [f"{h}mlp.c_fc.{part}"]
-            names[f"{blk}ffn_down.{part}"] = [f"{h}mlp.c_proj.{part}"]
-    names["output_norm.weight"], names["output_norm.bias"] = ["ln_f.weight"], ["ln_f.bias"]
+            names[f"{blk}attn_norm.{part}"] = f"{h}ln_1.{part}"
+            names[f"{blk}attn_qkv.{part}"] = f"{h}attn.c_attn.{part}"
+            names[f"{blk}attn_output.{part}"] = f"{h}attn.c_proj.{part}"
+            names[f"{blk}ffn_norm.{part}"] = f"{h}ln_2.{part}"
+            names[f"{blk}ffn_up.{part}"] = f"{h}mlp.c_fc.{part}"
+            names[f"{blk}ffn_down.{part}"] = f"{h}mlp.c_proj.{part}"
+    names["output_norm.weight"], names["output_norm.bias"] = "ln_f.weight", "ln_f.bias"
     if not config.tie_word_embeddings:
-        names["output.weight"] = ["lm_head.weight"]
+        names["output.weight"] = "lm_head.weight"
     return names
 
 
@@ -92,16 +90,11 @@ def write_gpt2(
     writer.add_layer_norm_eps(config.layer_norm_epsilon)
     writer.add_string(_CONFIG, json.dumps(dataclasses.asdict(config)))
     writer.add_string(_MODE, mode)
-    for tensor, keys in gguf_names(config).items():
-        types = {kinds[k] for k in keys}
-        if len(types) != 1:  # q, k and v share shape and use, so the compiler gives them one type
-            raise ValueError(f"save_gguf: {keys} are stored in different ggml types; cannot concatenate as {tensor!r}")
-        kind = types.pop()
-        rows = sum(shapes[k][0] for k in keys)
-        parts = [prepared[k].reshape(shapes[k][0], -1) if len(shapes[k]) > 1 else prepared[k] for k in keys]
-        data = np.concatenate(parts, axis=0)
+    for tensor, key in gguf_names(config).items():
+        data = prepared[key]
         if data.dtype == np.uint8:
-            writer.add_tensor(tensor, data.reshape(rows, -1), raw_dtype=gguf.GGMLQuantizationType(kind))
+            rows = shapes[key][0]
+            writer.add_tensor(tensor, data.reshape(rows, -1), raw_dtype=gguf.GGMLQuantizationType(kinds[key]))
         else:
             writer.add_tensor(tensor, data)
     writer.write_header_to_file()
@@ -156,33 +149,29 @@ def read_gpt2(
     shapes = zoo_gpt2.param_shapes(config)
     arrays: dict[str, np.ndarray] = {}
     stored: dict[str, tuple[int, np.ndarray]] = {}
-    for tensor_name, keys in names.items():
+    for tensor_name, key in names.items():
         tensor = tensors[tensor_name]
         kind = int(tensor.tensor_type)
-        expected = (sum(shapes[k][0] for k in keys), *shapes[keys[0]][1:])
+        expected = shapes[key]
         if int(tensor.n_elements) != int(np.prod(expected)):
             raise ValueError(
                 f"load_gguf: {path!r}: tensor {tensor_name!r} holds {int(tensor.n_elements)} values, "
                 f"expected shape {list(expected)} from the gpt2 metadata"
             )
         raw = np.array(tensor.data).reshape(expected[0], -1) if len(expected) > 1 else np.array(tensor.data)
-        start = 0
-        for key in keys:
-            rows = shapes[key][0]
-            part = np.ascontiguousarray(raw[start : start + rows])
-            start += rows
-            if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-                arrays[key] = part.astype(np.float32).reshape(shapes[key])
-            elif kind in BLOCK_TYPES:
-                dequantized = gguf.quants.dequantize(part, gguf.GGMLQuantizationType(kind))
-                arrays[key] = dequantized.astype(np.float32).reshape(shapes[key])
-            else:
-                raise ValueError(
-                    f"load_gguf: {path!r}: tensor {tensor_name!r} has ggml type {tensor.tensor_type.name}; "
-                    f"Mithril runs {sorted(TYPE_NAMES.values())}"
-                )
-            if kind != gguf.GGMLQuantizationType.F32:
-                stored[key] = (kind, part)
+        if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            arrays[key] = raw.astype(np.float32).reshape(expected)
+        elif kind in BLOCK_TYPES:
+            arrays[key] = (
+                gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(kind)).astype(np.float32).reshape(expected)
+            )
+        else:
+            raise ValueError(
+                f"load_gguf: {path!r}: tensor {tensor_name!r} has ggml type {tensor.tensor_type.name}; "
+                f"Mithril runs {sorted(TYPE_NAMES.values())}"
+            )
+        if kind != gguf.GGMLQuantizationType.F32:
+            stored[key] = (kind, np.ascontiguousarray(raw))
     mode_field = reader.get_field(_MODE)
     if mode_field is not None:
         mode = str(mode_field.contents())

@@ -27,7 +27,9 @@ __all__ = [
     "index_text",
     "resolve_index",
     "positive_index",
+    "expand_index",
     "indexed_shape",
+    "resolve_slice",
     "flat_positions",
 ]
 
@@ -117,7 +119,7 @@ def _consumes(item: IndexItem) -> bool:
     return item is not None and item != "..."
 
 
-def _expand(index: Sequence[IndexItem], rank: int) -> list[IndexItem]:
+def expand_index(index: Sequence[IndexItem], rank: int) -> list[IndexItem]:
     """The index with its Ellipsis replaced by full slices (appended when absent)."""
     used = sum(1 for v in index if _consumes(v))
     if used > rank:
@@ -130,7 +132,7 @@ def _expand(index: Sequence[IndexItem], rank: int) -> list[IndexItem]:
     return [*items, *fill]
 
 
-def _resolve_slice(item: tuple[Any, ...], size: int, axis: int) -> tuple[int, int, int]:
+def resolve_slice(item: tuple[Any, ...], size: int, axis: int) -> tuple[int, int, int]:
     """(start, step, length) of a slice item along an axis of `size`."""
     if item[0] == "chunk":
         _, i, chunks = item
@@ -165,7 +167,7 @@ def resolve_index(index: Sequence[IndexItem], shape: Sequence[int]) -> list[Reso
     """Each item resolved against a concrete `shape`; ShapeMismatch for an index out of range."""
     out: list[Resolved] = []
     axis = 0
-    for item in _expand(index, len(shape)):
+    for item in expand_index(index, len(shape)):
         if item is None:
             out.append(("new",))
             continue
@@ -175,7 +177,7 @@ def resolve_index(index: Sequence[IndexItem], shape: Sequence[int]) -> list[Reso
                 raise ShapeMismatch(f"index {item} is out of range for axis {axis} of size {size}")
             out.append(("int", item % size))
         else:
-            out.append(("slice", *_resolve_slice(item, size, axis)))  # type: ignore[arg-type]
+            out.append(("slice", *resolve_slice(item, size, axis)))  # type: ignore[arg-type]
         axis += 1
     return out
 
@@ -257,7 +259,7 @@ def _slice_rule(shapes: dict[str, Any], attrs: Any) -> bool:
     out: list[Item] = []
     done = True
     axis = 0
-    for item in _expand(index, len(x)):
+    for item in expand_index(index, len(x)):
         if item is None:
             out.append(Dim(1))
             continue
@@ -272,7 +274,7 @@ def _slice_rule(shapes: dict[str, Any], attrs: Any) -> bool:
             if not -size <= item < size:
                 raise ShapeMismatch(f"index {item} is out of range for axis {axis} of size {size}")
         else:
-            out.append(Dim(_resolve_slice(item, size, axis)[2]))  # type: ignore[arg-type]
+            out.append(Dim(resolve_slice(item, size, axis)[2]))  # type: ignore[arg-type]
         axis += 1
     unify(shapes["output"].items, out)
     return done

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ..errors import UnsupportedError
 from ..graph import Edge, Node
+from ..primitives.indexing import expand_index, resolve_slice
 from ..shapes import Renderer
 
 __all__ = ["OPS", "Context", "Emitter"]
@@ -273,6 +274,55 @@ def _arange(ctx: Context, node: Node, ins: dict[str, str], out: str) -> None:
     ctx.add("Range", [first, limit, stride], out)
 
 
+_LAST, _FIRST = int(np.iinfo(np.int64).max), int(np.iinfo(np.int64).min)  # ONNX Slice's "to the end" bounds
+
+
+def _slice(ctx: Context, node: Node, ins: dict[str, str], out: str) -> None:
+    """Basic indexing: one Slice (an int is a one-long slice), Squeeze of the int axes, Unsqueeze for the Nones.
+    Axes of unknown size keep Python's slice bounds, which Slice reads alike (negative from the end, clamped)."""
+    edge = node.inputs["input"]
+    shape = dims(edge)
+    bounds: list[tuple[int, int, int, int]] = []  # (axis, start, end, step) of each axis Slice narrows
+    dropped: list[int] = []
+    new: list[int] = []
+    axis = out_axis = 0
+    for item in expand_index(node.attrs["index"], rank(ctx, node, edge)):
+        if item is None:
+            new.append(out_axis)
+            out_axis += 1
+            continue
+        size = shape[axis]
+        if isinstance(item, int):
+            bounds.append((axis, item, item + 1 or _LAST, 1))  # -1 + 1 would be 0, an empty slice
+            dropped.append(axis)
+            axis += 1
+            continue
+        piece = cast(tuple[Any, ...], item)  # expand_index leaves slices and pieces besides ints and Nones
+        if size is not None:
+            start, step, length = resolve_slice(piece, size, axis)
+            end = start + step * length
+            if (start, step, length) != (0, 1, size):
+                bounds.append((axis, start, end if end >= 0 else _FIRST, step))  # _FIRST: a negative step to 0
+        elif piece[0] in ("chunk", "split", "sections"):
+            raise ctx.refuse(node, f"it splits axis {axis}, whose size is not known; give it in shapes=")
+        elif piece != (None, None, None):
+            first, stop, by = piece
+            step = by or 1
+            start = first if first is not None else 0 if step > 0 else _LAST
+            bounds.append((axis, start, stop if stop is not None else _LAST if step > 0 else _FIRST, step))
+        axis += 1
+        out_axis += 1
+    x = ins["input"]
+    if bounds:
+        axes, starts, ends, steps = zip(*bounds)
+        x = ctx.add("Slice", [x, ctx.ints(starts), ctx.ints(ends), ctx.ints(axes), ctx.ints(steps)])
+    if dropped:
+        x = ctx.add("Squeeze", [x, ctx.ints(dropped)])
+    if new:
+        x = ctx.add("Unsqueeze", [x, ctx.ints(new)])
+    ctx.add("Identity", [x], out)
+
+
 def _split_heads(ctx: Context, x: str, n: int, heads: int, width: int) -> str:
     """[..., T, heads * D] (rank n) -> [..., heads, T, D]; Reshape's 0 keeps the (maybe symbolic) leading dims."""
     split = ctx.add("Reshape", [x, ctx.ints([0] * (n - 1) + [heads, width // heads])])
@@ -395,6 +445,8 @@ OPS: dict[str, Emitter] = {
     "expand_like": _like("Expand"),
     "reshape_like": _like("Reshape"),
     "reshape": _reshape,
+    "slice": _slice,
+    "concat": _attr("Concat", axis="axis"),
     "flatten": _flatten,
     "transpose": _transpose,
     "swapaxes": _swapaxes,

@@ -1,8 +1,9 @@
 """GPT-2 as a Mithril model: Hugging Face's config fields, weights from a GPT2LMHeadModel state dict, generation.
 
 The model's parameter keys follow HF's module names: "wte.weight", "wpe.weight",
-"h_<i>.ln_1.weight", "h_<i>.attn.q_proj.weight" (HF's packed c_attn split into q, k and v, as
-[out, in] like torch.nn.Linear), "h_<i>.attn.c_proj.weight", "h_<i>.mlp.c_fc.weight",
+"h_<i>.ln_1.weight", "h_<i>.attn.c_attn.weight" (q, k and v packed along the output rows as HF's
+c_attn, [3 * n_embd, n_embd] like torch.nn.Linear: one matrix product for the three),
+"h_<i>.attn.c_proj.weight", "h_<i>.mlp.c_fc.weight",
 "h_<i>.mlp.c_proj.weight", "ln_f.weight", and "lm_head.weight" only when embeddings are not tied.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 from ..models.attention import Arange
 from ..models.base import Model
 from ..models.layers import GELU, Add, Dropout, Embedding, LayerNorm, Linear, ReLU, SiLU, Tanh
+from ..models.sequence import Chunk
 from . import _hf, generation
 
 __all__ = ["GPT2Config", "gpt2", "params_from_hf", "param_shapes", "generate"]
@@ -100,13 +102,14 @@ def _dropout(model: Model, p: float, input: str, output: str) -> str:
 
 
 def _block(config: GPT2Config, index: int, cached: bool, chunk: int) -> Model:
-    """One transformer block: ln_1, attention (q, k, v, causal heads, c_proj), residual, ln_2, MLP, residual."""
+    """One transformer block: ln_1, attention (c_attn into q, k, v, causal heads, c_proj), residual, ln_2, MLP,
+    residual."""
     e, eps = config.n_embd, config.layer_norm_epsilon
     block = Model(name=f"h_{index}")
     block |= LayerNorm(e, eps=eps, name="ln_1")(input="input", output="normed_1")
     attn = Model(name="attn")
-    for part in ("q", "k", "v"):
-        attn |= Linear(e, name=f"{part}_proj")(input="input", output=part)
+    attn |= Linear(3 * e, name="c_attn")(input="input", output="qkv")
+    attn |= Chunk(3, dim=-1)(input="qkv", output0="q", output1="k", output2="v")
     scale = 1 / math.sqrt(e // config.n_head) if config.scale_attn_weights else 1.0
     if config.scale_attn_by_inverse_layer_idx:
         scale /= index + 1
@@ -172,8 +175,7 @@ def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     for i in range(config.n_layer):
         p = f"h_{i}."
         shapes.update({p + "ln_1.weight": (e,), p + "ln_1.bias": (e,)})
-        for part in ("q", "k", "v"):
-            shapes.update({f"{p}attn.{part}_proj.weight": (e, e), f"{p}attn.{part}_proj.bias": (e,)})
+        shapes.update({p + "attn.c_attn.weight": (3 * e, e), p + "attn.c_attn.bias": (3 * e,)})
         shapes.update({p + "attn.c_proj.weight": (e, e), p + "attn.c_proj.bias": (e,)})
         shapes.update({p + "ln_2.weight": (e,), p + "ln_2.bias": (e,)})
         shapes.update({p + "mlp.c_fc.weight": (inner, e), p + "mlp.c_fc.bias": (inner,)})
@@ -207,8 +209,8 @@ PREFIX = "transformer."
 def params_from_hf(state_dict: Mapping[str, Any], config: GPT2Config) -> dict[str, np.ndarray]:
     """{gpt2(config) parameter key: NumPy array} from a GPT2LMHeadModel (or GPT2Model) state dict.
 
-    HF's Conv1D weights ([in, out]) are transposed to Linear's [out, in] and c_attn is split into
-    q, k and v. Missing, unexpected or mis-shaped keys are refused by name before anything is converted.
+    HF's Conv1D weights ([in, out]) are transposed to Linear's [out, in]. Missing, unexpected or mis-shaped keys are
+    refused by name before anything is converted.
     """
     if not isinstance(config, GPT2Config):
         raise TypeError(f"gpt2.params_from_hf: config must be a GPT2Config, got {type(config).__name__}")
@@ -229,19 +231,14 @@ def params_from_hf(state_dict: Mapping[str, Any], config: GPT2Config) -> dict[st
 
 
 def _convert(hf: dict[str, np.ndarray], config: GPT2Config) -> dict[str, np.ndarray]:
-    """Rename, split and transpose checked HF arrays into gpt2(config)'s parameters."""
-    e = config.n_embd
+    """Rename and transpose checked HF arrays into gpt2(config)'s parameters."""
     out = {"wte.weight": hf["wte.weight"], "wpe.weight": hf["wpe.weight"]}
     for i in range(config.n_layer):
         src, dst = f"h.{i}.", f"h_{i}."
         for norm in ("ln_1", "ln_2"):
             out[f"{dst}{norm}.weight"] = hf[f"{src}{norm}.weight"]
             out[f"{dst}{norm}.bias"] = hf[f"{src}{norm}.bias"]
-        weight, bias = hf[src + "attn.c_attn.weight"], hf[src + "attn.c_attn.bias"]
-        for j, part in enumerate(("q", "k", "v")):
-            out[f"{dst}attn.{part}_proj.weight"] = weight[:, j * e : (j + 1) * e].T
-            out[f"{dst}attn.{part}_proj.bias"] = bias[j * e : (j + 1) * e]
-        for layer in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+        for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
             out[f"{dst}{layer}.weight"] = hf[f"{src}{layer}.weight"].T
             out[f"{dst}{layer}.bias"] = hf[f"{src}{layer}.bias"]
     out["ln_f.weight"], out["ln_f.bias"] = hf["ln_f.weight"], hf["ln_f.bias"]
