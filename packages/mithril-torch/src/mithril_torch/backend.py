@@ -15,6 +15,7 @@ from mithril.dtypes import DType, as_dtype
 from mithril.graph import Graph
 
 from .foreach import TorchForeach
+from .frozen import freeze
 from .lowering import TorchProgram
 from .ops import OPS
 
@@ -163,6 +164,12 @@ class TorchBackend(Backend):
         return None
 
     # -- array helpers ---------------------------------------------------------------
+    def frozen(self, array: Any) -> torch.Tensor:
+        """An alias of `array` (same memory, no copy) that compiled models trust unchanged: a vocabulary head's
+        weight keeps an [in, out] copy for as long as the alias lives (kernels.wide_linear). The caller promises
+        that nothing writes its memory while compiled models use it; a frozen tensor is returned as it is."""
+        return freeze(array)
+
     def array(self, data: Any, dtype: DType | None = None) -> torch.Tensor:
         """A tensor on the backend device; floating data takes the backend dtype unless `dtype` says otherwise.
 

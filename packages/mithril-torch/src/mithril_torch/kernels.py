@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from mithril.models.rules import normalize_axes
 
-__all__ = ["batch_norm", "dropout_mask", "class_weight", "one_hot", "expand_reduced"]
+from . import frozen
+
+__all__ = ["batch_norm", "dropout_mask", "class_weight", "one_hot", "expand_reduced", "wide_linear"]
 
 _WEIGHTS: dict[tuple[tuple[float, ...], torch.dtype, torch.device], torch.Tensor] = {}
 
@@ -68,3 +70,13 @@ def expand_reduced(g: torch.Tensor, like: torch.Tensor, axis: Any, keepdim: bool
     if scale:
         g = g / (math.prod(like.shape[a] for a in axes) or 1)
     return g.expand(like.shape)
+
+
+def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear for a weight of many more outputs than inputs (a language model's head). A frozen weight on the
+    CPU, without autograd, multiplies through its [in, out] copy (`frozen.transposed`): MKL's product with the
+    [out, in] layout runs at half the memory bandwidth for a few rows (GPT-2's head: 11.5 ms against 5.9)."""
+    if not frozen.is_frozen(weight) or weight.device.type != "cpu" or torch.is_grad_enabled():
+        return F.linear(x, weight, bias)
+    out = torch.matmul(x, frozen.transposed(weight))
+    return out if bias is None else out + bias

@@ -30,9 +30,17 @@ __all__ = ["OPS", "NAMESPACE", "FLOAT_DTYPE"]
 FLOAT_DTYPE = "_float_dtype"
 
 
+# A weight this much wider than deep, and this large, is a vocabulary head: kernels.wide_linear's case.
+WIDE_RATIO, WIDE_SIZE = 8, 1 << 22
+
+
 def linear(node: Node, a: Mapping[str, str]) -> str:
-    """One fused F.linear (addmm) call, with or without bias."""
+    """One fused F.linear (addmm) call, with or without bias; kernels.wide_linear for vocabulary heads."""
     bias = f", {a['bias']}" if "bias" in a else ""
+    shape = static_shape(node.inputs["weight"])
+    out, inner = shape if shape is not None and len(shape) == 2 and None not in shape else (0, 0)
+    if out >= WIDE_RATIO * inner and out * inner >= WIDE_SIZE:
+        return f"_k.wide_linear({a['input']}, {a['weight']}, {a['bias'] if 'bias' in a else 'None'})"
     return f"F.linear({a['input']}, {a['weight']}{bias})"
 
 
