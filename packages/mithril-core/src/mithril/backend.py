@@ -258,8 +258,9 @@ class Backend(ABC):
 
     def frozen(self, array: Any) -> Any:
         """`array` (of this backend) as a value its caller will not write while compiled models use it, such as
-        the weights a generation loop passes every token. Backends that convert parameters on each call (GGML's
-        quantized types) return a read-only copy they need not check for changes; the others return `array`."""
+        the weights a generation loop passes every token. Backends that derive something from a weight (GGML's
+        quantized types, torch's [in, out] copy of a vocabulary head) return an alias of the same memory from
+        which they derive it once, for as long as the alias lives; the others return `array`."""
         return array
 
     @abstractmethod
