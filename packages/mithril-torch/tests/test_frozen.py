@@ -72,3 +72,29 @@ def test_narrow_weights_keep_f_linear() -> None:
     model |= Linear(VOCAB // 16)(input="input", output="output")
     compiled = ml.compile(model, ml.TorchBackend(), shapes={"input": [1, WIDTH]}, static_inference=True)
     assert "_k.wide_linear(" not in compiled.program.source and "F.linear(" in compiled.program.source
+
+
+def test_generation_copies_a_plain_head_per_call_and_a_frozen_one_once() -> None:
+    """A head written in place between two calls changes the tokens; weights frozen by the caller keep one copy."""
+    from mithril.zoo import gpt2
+
+    config = gpt2.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=WIDTH, n_layer=1, n_head=2)
+    backend = ml.TorchBackend()
+    rng = np.random.default_rng(5)
+    params = {
+        k: torch.from_numpy(rng.standard_normal(s).astype(np.float32) * 0.3)
+        for k, s in gpt2.param_shapes(config).items()
+    }
+    ids = rng.integers(0, VOCAB, (1, 4))
+    before = gpt2.generate(backend, config, params, ids, max_new_tokens=4)
+    with torch.no_grad():
+        params["wte.weight"].copy_(torch.from_numpy(rng.standard_normal((VOCAB, WIDTH)).astype(np.float32)))
+    after = gpt2.generate(backend, config, params, ids, max_new_tokens=4)
+    assert not np.array_equal(after, before)
+    host = {k: v.numpy() for k, v in params.items()}
+    np.testing.assert_array_equal(after, gpt2.generate(ml.NumpyBackend(), config, host, ids, max_new_tokens=4))
+    copies = len(frozen._TRANSPOSED)
+    weights = {k: backend.frozen(v) for k, v in params.items()}
+    np.testing.assert_array_equal(gpt2.generate(backend, config, weights, ids, max_new_tokens=4), after)
+    np.testing.assert_array_equal(gpt2.generate(backend, config, weights, ids, max_new_tokens=4), after)
+    assert len(frozen._TRANSPOSED) == copies + 1
