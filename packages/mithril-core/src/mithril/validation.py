@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import numpy as np
+
 from .backend import Backend
 from .errors import DTypeMismatchError, IndexRangeError, KeyNotFoundError, NoFaultFound, ShapeError
 from .graph import Edge, Graph
@@ -184,11 +186,14 @@ def index_checks(graph: Graph) -> list[IndexCheck]:
     return checks
 
 
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def indices_in_range(values: Any, bound: int) -> bool:
     """Whether every index of the NumPy integer array `values` lies in [0, bound) (so when it is empty): one
     reduction, since viewed as unsigned a negative index is larger than any bound."""
-    unsigned = values.view(f"u{values.itemsize}") if values.dtype.kind == "i" else values
-    return not values.size or bool(unsigned.max() < bound)
+    unsigned = values.view(_UNSIGNED[values.itemsize]) if values.dtype.kind == "i" else values
+    return not values.size or bool(np.maximum.reduce(unsigned, axis=None) < bound)
 
 
 def make_index_check(graph: Graph, backend: Backend) -> Callable[[Any, IndexCheck], None]:
@@ -196,8 +201,6 @@ def make_index_check(graph: Graph, backend: Backend) -> Callable[[Any, IndexChec
     owner = graph.model.describe()
 
     def check(array: Any, spec: IndexCheck) -> None:
-        import numpy as np  # noqa: PLC0415 - `import mithril` stays free of array libraries
-
         values = np.asarray(backend.to_numpy(array))
         if values.dtype.kind not in "iu":
             raise DTypeMismatchError(

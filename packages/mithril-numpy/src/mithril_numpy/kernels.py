@@ -206,12 +206,14 @@ def cross_entropy_grad(x: np.ndarray, t: np.ndarray, g: np.ndarray) -> np.ndarra
 def cross_entropy_softmax(x: np.ndarray, t: np.ndarray, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
     """cross_entropy's common case (mean over [N, C] class indices, no weight or smoothing) and softmax(x), from
     one exp: the joint graph's loss node when `cross_entropy_grad_softmax` reads the softmax (fusions.py)."""
-    shifted = x - x.max(axis=1, keepdims=True)
+    # The ufuncs' reduce, which ndarray.max and .sum call through a Python wrapper: a step this small feels it.
+    shifted = x - np.maximum.reduce(x, axis=1, keepdims=True)
     e = np.exp(shifted)
-    total = e.sum(axis=1, keepdims=True)
+    total = np.add.reduce(e, axis=1, keepdims=True)
     log_total = np.log(total)
     if _all_classes(t, x.shape[1]):  # the terms of -logp[i, t[i]], summed as _mean_nll sums them
-        loss = np.asarray((log_total[:, 0] - shifted[np.arange(len(t)), t]).sum() / x.dtype.type(len(t)), x.dtype)
+        terms = log_total[:, 0] - shifted[np.arange(len(t)), t]
+        loss = np.asarray(np.add.reduce(terms, axis=None) / x.dtype.type(len(t)), x.dtype)
     else:
         loss = _mean_nll(shifted - log_total, t, ignore_index)
     return loss, e / total

@@ -110,7 +110,7 @@ def _sum_like(node: Node, a: Mapping[str, str]) -> str:
     lead = len(g) - len(like)
     kept = tuple(i + lead for i, n in enumerate(like) if n == 1 and g[i + lead] != 1)
     axes = tuple(range(lead)) + kept
-    summed = f"{a['input']}.sum({axes[0] if len(axes) == 1 else axes})"
+    summed = f"np.add.reduce({a['input']}, {axes[0] if len(axes) == 1 else axes})"  # ndarray.sum's own call
     return f"{summed}.reshape({like})" if kept else summed
 
 
