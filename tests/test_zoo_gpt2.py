@@ -210,6 +210,22 @@ def test_logits_to_keep_computes_the_last_positions_only(hf32: Any) -> None:
         gpt2.gpt2(config, logits_to_keep=-1)
 
 
+@pytest.mark.parametrize(("name", "options"), KEPT_CASES, ids=["numpy", "torch", "jax", "ggml", "ggml-int8"])
+def test_threads_generating_at_once_share_kept_step_models(name: str, options: Any, hf32: Any) -> None:
+    """Four threads generate from two prompts through the same kept step models: each gets its own tokens."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = backend_or_skip(name, "float32", **options)
+    config, params = mithril_params(hf32)
+    prompts = [prompt(1, 5, seed=4), prompt(1, 5, seed=5)]
+    generation.clear_cache()
+    alone = [gpt2.generate(backend, config, params, ids, max_new_tokens=8) for ids in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: gpt2.generate(backend, config, params, prompts[i % 2], 8), range(8)))
+    for i, ids in enumerate(together):
+        np.testing.assert_array_equal(ids, alone[i % 2])
+
+
 def test_cache_mask_is_causal_over_the_appended_chunk() -> None:
     mask = generation.cache_mask(6, 3, 2)  # positions 2, 3, 4 after positions 0, 1 already cached
     # after the append, position p sits at index 6 - 3 - 2 + p = 1 + p; index 0 is empty
