@@ -200,28 +200,34 @@ def _all_classes(t: np.ndarray, classes: int) -> bool:
 def cross_entropy_grad(x: np.ndarray, t: np.ndarray, g: np.ndarray) -> np.ndarray:
     """The mean cross-entropy's logits gradient over [N, C]: (softmax - one_hot) * g / valid count, in one
     softmax rather than the decomposition's dozen calls; targets outside [0, C) are ignored (zero rows)."""
-    return cross_entropy_grad_softmax(softmax(x, 1), t, g)
+    return cross_entropy_grad_softmax((softmax(x, 1), _all_classes(t, x.shape[1])), t, g)
 
 
-def cross_entropy_softmax(x: np.ndarray, t: np.ndarray, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """cross_entropy's common case (mean over [N, C] class indices, no weight or smoothing) and softmax(x), from
-    one exp: the joint graph's loss node when `cross_entropy_grad_softmax` reads the softmax (fusions.py)."""
+def cross_entropy_softmax(
+    x: np.ndarray, t: np.ndarray, ignore_index: int
+) -> tuple[np.ndarray, tuple[np.ndarray, bool]]:
+    """cross_entropy's common case (mean over [N, C] class indices, no weight or smoothing), with softmax(x) and
+    whether every target is a class, from one exp and one test of the targets: the joint graph's loss node when
+    `cross_entropy_grad_softmax` reads them (fusions.py)."""
     # The ufuncs' reduce, which ndarray.max and .sum call through a Python wrapper: a step this small feels it.
     shifted = x - np.maximum.reduce(x, axis=1, keepdims=True)
     e = np.exp(shifted)
     total = np.add.reduce(e, axis=1, keepdims=True)
     log_total = np.log(total)
-    if _all_classes(t, x.shape[1]):  # the terms of -logp[i, t[i]], summed as _mean_nll sums them
+    every_class = _all_classes(t, x.shape[1])
+    if every_class:  # the terms of -logp[i, t[i]], summed as _mean_nll sums them
         terms = log_total[:, 0] - shifted[np.arange(len(t)), t]
         loss = np.asarray(np.add.reduce(terms, axis=None) / x.dtype.type(len(t)), x.dtype)
     else:
         loss = _mean_nll(shifted - log_total, t, ignore_index)
-    return loss, e / total
+    return loss, (e / total, every_class)
 
 
-def cross_entropy_grad_softmax(s: np.ndarray, t: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """cross_entropy_grad given softmax(x) `s`, which it may overwrite (the joint graph's own, read only here)."""
-    if _all_classes(t, s.shape[1]):
+def cross_entropy_grad_softmax(prepared: tuple[np.ndarray, bool], t: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """cross_entropy_grad given (softmax(x), whether every target is a class); the softmax may be overwritten
+    (the joint graph's own, read only here)."""
+    s, every_class = prepared
+    if every_class:
         s[np.arange(len(t)), t] -= 1
         s *= g / s.dtype.type(len(t))
         return s
