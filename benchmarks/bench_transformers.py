@@ -3,7 +3,7 @@
 GPT-2 small shapes (n_layer 12, n_embd 768, n_head 12, vocab 50257; random weights shared by both
 sides through `gpt2.params_from_hf`), batch 1, prompt 32, 64 new tokens, float32, CPU:
 
-- tokens/s of `gpt2.generate` on Mithril torch against HF's `generate` (greedy, KV cache), end to end
+- tokens/s of `gpt2.generate` on Mithril torch (and JAX) against HF's `generate` (greedy, KV cache), end to end
   and per decoded token (after the prompt); each side holds its weights as a deployment does (HF's module,
   Mithril's `backend.frozen(backend.array(...))`), and the first call, which compiles the two step
   models (and on GGML quantizes the weights), is timed on its own row;
@@ -97,6 +97,7 @@ def generation_rows(config: gpt2.GPT2Config, runs: int) -> list[tuple[str, float
 
     backends = {
         "torch": ml.backend("torch", dtype=ml.float32),
+        "jax": ml.backend("jax", dtype=ml.float32),
         "ggml f32": ml.GGMLBackend(),
         "ggml int8": ml.GGMLBackend(quantize="int8"),
         "ggml int4": ml.GGMLBackend(quantize="int4"),
@@ -124,6 +125,7 @@ def generation_rows(config: gpt2.GPT2Config, runs: int) -> list[tuple[str, float
         ("torch generate, end to end (s per token)", t["torch"] / NEW, t["hf"] / NEW, t["torch"] / t["hf"], 1.0),
         ("torch generate, first call (compiles)", first["torch"] / NEW, t["hf"] / NEW, first["torch"] / t["hf"], None),
         ("torch decode (s per token) vs HF end to end", d["torch"], t["hf"] / NEW, d["torch"] * NEW / t["hf"], None),
+        ("jax generate, end to end vs HF", t["jax"] / NEW, t["hf"] / NEW, t["jax"] / t["hf"], None),
     ]
     for kind in ("int8", "int4"):
         q = d[f"ggml {kind}"]

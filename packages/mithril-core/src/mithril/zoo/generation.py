@@ -52,7 +52,7 @@ __all__ = [
 
 CACHE_INPUTS = ("past_key", "past_value")
 MASK = "cache_mask"
-STEP_MODELS_KEPT = 8  # compiled step models kept across calls: a prompt's and a next token's, for four shapes
+STEP_MODELS_KEPT = 16  # compiled step models kept across calls: a prompt's and a next token's, for eight shapes
 
 _step_models: OrderedDict[tuple[Any, ...], tuple[Any, dict[str, list[str]]]] = OrderedDict()
 _step_models_lock = threading.Lock()
