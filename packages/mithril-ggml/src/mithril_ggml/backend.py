@@ -13,7 +13,7 @@ from mithril.dtypes import DType
 from mithril.graph import Graph
 from mithril.host_arrays import HostArrays
 
-from .lowering import FrozenArray, GGMLProgram
+from .lowering import FrozenArray, GGMLProgram, is_frozen
 from .ops import OPS
 from .quant import QUANTIZE_MODES
 
@@ -64,7 +64,7 @@ class GGMLBackend(HostArrays, Backend):
 
     def array(self, data: Any, dtype: DType | None = None) -> np.ndarray:
         """As HostArrays.array, but an array from `frozen` that needs no conversion is returned as it is."""
-        if _is_frozen(data):
+        if is_frozen(data):
             target = self.dtype if dtype is None and data.dtype.kind in "fV" else dtype
             if target is None or self.dtype_of(data) == target:
                 return data  # type: ignore[no-any-return]
@@ -75,7 +75,7 @@ class GGMLBackend(HostArrays, Backend):
         loaded from it once, not compared with a snapshot on every call. The caller promises that nothing
         writes its memory, through any other array, while compiled models use it. A frozen array is returned
         as it is, so weights frozen once keep their converted form across calls and programs."""
-        if _is_frozen(array):
+        if is_frozen(array):
             return array  # type: ignore[no-any-return]
         view = np.asarray(array).view(FrozenArray)
         view.flags.writeable = False
@@ -92,8 +92,3 @@ class GGMLBackend(HostArrays, Backend):
     # -- lowering ----------------------------------------------------------------------
     def lower(self, graph: Graph, options: CompileOptions) -> GGMLProgram:
         return GGMLProgram(self, graph, options)
-
-
-def _is_frozen(array: Any) -> bool:
-    """Whether `array` came from GGMLBackend.frozen (a read-only FrozenArray)."""
-    return type(array) is FrozenArray and not array.flags.writeable

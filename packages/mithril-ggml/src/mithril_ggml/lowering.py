@@ -40,7 +40,7 @@ from .ops import OPS, Builder, T, check_node, ne4, node_budget, prefers_out_prod
 if TYPE_CHECKING:
     from .backend import GGMLBackend
 
-__all__ = ["FrozenArray", "GGMLProgram", "program_of", "quantization_report"]
+__all__ = ["FrozenArray", "GGMLProgram", "is_frozen", "program_of", "quantization_report"]
 
 _CPU = G.ggml_backend_cpu_init()  # also initialises ggml's CPU tables; kept for the process lifetime
 _CPU_BUFT = G.ggml_backend_get_default_buffer_type(_CPU)
@@ -142,13 +142,13 @@ class _WeightStore:
             if _in_place(data, source) and name not in self.transposed:  # float32, contiguous: read in place
                 self._point(name, data.ctypes.data)
                 continue
-            if _unwritable(source) and data.flags.c_contiguous:  # converted once for every program: shared
+            if is_frozen(source) and data.flags.c_contiguous:  # converted once for every program: shared
                 self._point(name, data.ctypes.data)
                 self.pointed.append(data)
                 continue
             self._point(name, self.own[name])
             ctypes.memmove(self.own[name], data.ctypes.data, data.nbytes)
-            if not _unwritable(source):
+            if not is_frozen(source):
                 self.snapshots.append((source, _snapshot(source)))
         for name, data in zip(self.transposed, prepared[len(names) :]):
             _view(self.transposed[name], data.shape)[...] = data
@@ -190,7 +190,7 @@ _FROZEN_LOCK = threading.Lock()
 
 def _prepared_frozen(array: Any, kind: int, hessian: np.ndarray | None) -> np.ndarray:
     """quant.prepare(array, kind, hessian), shared by every program converting the same frozen array alike."""
-    if hessian is not None or not _unwritable(array):
+    if hessian is not None or not is_frozen(array):
         return quant.prepare(array, kind, hessian)
     key = (id(array), kind)
     with _FROZEN_LOCK:
@@ -207,8 +207,8 @@ def _prepared_frozen(array: Any, kind: int, hessian: np.ndarray | None) -> np.nd
     return data
 
 
-def _unwritable(source: np.ndarray) -> bool:
-    """Whether `source` is promised unchanged: a read-only FrozenArray."""
+def is_frozen(source: Any) -> bool:
+    """Whether `source` is promised unchanged: a read-only FrozenArray from `GGMLBackend.frozen`."""
     return type(source) is FrozenArray and not source.flags.writeable
 
 
@@ -604,7 +604,7 @@ class GGMLProgram(Program):
         else:
             prepared = self._convert(params, ps, store, fresh)
         store.load(self.param_names, ps, prepared)
-        if not self.calibration and all(map(_unwritable, ps)):  # shared by _FROZEN_PREPARED while they live
+        if not self.calibration and all(map(is_frozen, ps)):  # shared by _FROZEN_PREPARED while they live
             return store
         self._prepared[key] = (ps, prepared, store.snapshots)
         self._prepared.move_to_end(key)
