@@ -176,9 +176,9 @@ def cross_entropy(
 def _mean_nll(logp: np.ndarray, t: np.ndarray, ignore_index: int) -> np.ndarray:
     """cross_entropy's mean over class indices, no weights or smoothing: -mean of the picked log-probabilities."""
     c = logp.shape[1]
-    if logp.ndim == 2 and not 0 <= ignore_index < c and _all_classes(t, c):
-        # every target a class, none ignored: the general path's sum without its masks
-        return np.asarray(-logp[np.arange(len(t)), t].sum() / logp.dtype.type(len(t)), logp.dtype)
+    rows = _class_rows(t, c) if logp.ndim == 2 and not 0 <= ignore_index < c else None
+    if rows is not None:  # every target a class, none ignored: the general path's sum without its masks
+        return np.asarray(-logp[rows, t].sum() / logp.dtype.type(len(t)), logp.dtype)
     valid = t != ignore_index
     safe = np.where(valid, t, 0)
     if safe.size and (safe.min() < 0 or safe.max() >= logp.shape[1]):
@@ -192,43 +192,45 @@ def _mean_nll(logp: np.ndarray, t: np.ndarray, ignore_index: int) -> np.ndarray:
     return np.asarray(total / logp.dtype.type(np.count_nonzero(valid)), logp.dtype)
 
 
-def _all_classes(t: np.ndarray, classes: int) -> bool:
-    """Whether `t` is non-empty and every target is a class in [0, classes)."""
-    return bool(t.size) and indices_in_range(t, classes)
+def _class_rows(t: np.ndarray, classes: int) -> np.ndarray | None:
+    """The row numbers of `t` when it is non-empty and every target is a class in [0, classes), else None."""
+    return np.arange(len(t)) if t.size and indices_in_range(t, classes) else None
 
 
 def cross_entropy_grad(x: np.ndarray, t: np.ndarray, g: np.ndarray) -> np.ndarray:
     """The mean cross-entropy's logits gradient over [N, C]: (softmax - one_hot) * g / valid count, in one
     softmax rather than the decomposition's dozen calls; targets outside [0, C) are ignored (zero rows)."""
-    return cross_entropy_grad_softmax((softmax(x, 1), _all_classes(t, x.shape[1])), t, g)
+    return cross_entropy_grad_softmax((softmax(x, 1), _class_rows(t, x.shape[1])), t, g)
 
 
 def cross_entropy_softmax(
     x: np.ndarray, t: np.ndarray, ignore_index: int
-) -> tuple[np.ndarray, tuple[np.ndarray, bool]]:
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray | None]]:
     """cross_entropy's common case (mean over [N, C] class indices, no weight or smoothing), with softmax(x) and
-    whether every target is a class, from one exp and one test of the targets: the joint graph's loss node when
-    `cross_entropy_grad_softmax` reads them (fusions.py)."""
+    the row numbers when every target is a class, from one exp and one test of the targets: the joint graph's
+    loss node when `cross_entropy_grad_softmax` reads them (fusions.py)."""
     # The ufuncs' reduce, which ndarray.max and .sum call through a Python wrapper: a step this small feels it.
     shifted = x - np.maximum.reduce(x, axis=1, keepdims=True)
     e = np.exp(shifted)
     total = np.add.reduce(e, axis=1, keepdims=True)
     log_total = np.log(total)
-    every_class = _all_classes(t, x.shape[1])
-    if every_class:  # the terms of -logp[i, t[i]], summed as _mean_nll sums them
-        terms = log_total[:, 0] - shifted[np.arange(len(t)), t]
+    rows = _class_rows(t, x.shape[1])
+    if rows is not None:  # the terms of -logp[i, t[i]], summed as _mean_nll sums them
+        terms = log_total[:, 0] - shifted[rows, t]
         loss = np.asarray(np.add.reduce(terms, axis=None) / x.dtype.type(len(t)), x.dtype)
     else:
         loss = _mean_nll(shifted - log_total, t, ignore_index)
-    return loss, (e / total, every_class)
+    return loss, (e / total, rows)
 
 
-def cross_entropy_grad_softmax(prepared: tuple[np.ndarray, bool], t: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """cross_entropy_grad given (softmax(x), whether every target is a class); the softmax may be overwritten
-    (the joint graph's own, read only here)."""
-    s, every_class = prepared
-    if every_class:
-        s[np.arange(len(t)), t] -= 1
+def cross_entropy_grad_softmax(
+    prepared: tuple[np.ndarray, np.ndarray | None], t: np.ndarray, g: np.ndarray
+) -> np.ndarray:
+    """cross_entropy_grad given (softmax(x), the row numbers when every target is a class, else None); the
+    softmax may be overwritten (the joint graph's own, read only here)."""
+    s, rows = prepared
+    if rows is not None:
+        s[rows, t] -= 1
         s *= g / s.dtype.type(len(t))
         return s
     hit = t[:, None] == np.arange(s.shape[1])  # one_hot as bools: an ignored target hits no class
