@@ -168,6 +168,80 @@ def test_joined_lists_update_bit_for_bit_like_one_array_at_a_time(optimizer: ml.
         assert not any(np.shares_memory(out, x) for out in params.values() for d in given for x in d.values())
 
 
+@pytest.mark.parametrize("optimizer", ALL_OPTIONS, ids=repr)
+def test_joined_rules_run_as_generated_code_with_the_eager_numbers(optimizer: ml.optim.Optimizer) -> None:
+    """Joined lists run the rule as straight-line code (optim/traced.py), bit for bit the eager rule's numbers
+    whatever type the step and lr have at runtime; SGD's momentum tests `step == 1`, so it runs eagerly."""
+    joined = NamespaceForeach(np, joins=True)
+    params, grads = _problem()
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    state = expected_state = optimizer.init(params, OPS)
+    expected = params
+    for step, lr in [(1, None), (2, 0.05), (np.int64(3), np.asarray(0.02)), (4, np.float64(0.01)), (5, 0.2)]:
+        g = {k: (v * float(step)).astype(np.float32) for k, v in grads.items()}
+        params, state = optimizer.update(params, g, state, step=step, lr=lr, ops=joined)
+        expected, expected_state = optimizer.update(expected, g, expected_state, step=step, lr=lr, ops=OPS)
+        for got, want in ((params, expected), (state, expected_state)):
+            assert all(got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]) for k in want)
+    held, traced = joined._traced[id(optimizer)]
+    assert held is optimizer
+    assert (traced is None) == (isinstance(optimizer, SGD) and optimizer.momentum != 0)
+
+
+def test_a_rule_that_branches_on_the_step_runs_eagerly_on_joined_lists() -> None:
+    class WarmSGD(SGD):
+        def rule(self, params: Any, grads: Any, state: Any, step: Any, lr: Any, ops: Any) -> Any:
+            return super().rule(params, grads, state, step, lr * 0.5 if step < 3 else lr, ops)
+
+    optimizer, joined = WarmSGD(lr=0.1), NamespaceForeach(np, joins=True)
+    params, grads = _problem()
+    expected = dict(params)
+    for step in (1, 2, 3):
+        params = optimizer.update(params, grads, {}, step=step, ops=joined)[0]
+        expected = optimizer.update(expected, grads, {}, step=step, ops=OPS)[0]
+        assert all(np.array_equal(params[k], expected[k]) for k in expected)
+    assert joined._traced[id(optimizer)] == (optimizer, None)
+
+
+def test_the_last_updates_flat_arrays_are_reused_only_for_the_very_arrays_split_from_them() -> None:
+    """The next update reuses the flat array behind the views the last one returned, unless a view was replaced;
+    a view written in place writes the flat array too, so either way the numbers are the one-at-a-time ones."""
+    optimizer, joined = Adam(lr=0.1), NamespaceForeach(np, joins=True)
+    params, grads = _problem()
+    state = expected_state = optimizer.init(params, OPS)
+    expected = params
+    for step, change in enumerate(["none", "replace a param", "write a moment in place", "reorder keys"], 1):
+        if change == "replace a param":
+            params = {**params, "linear_0.bias": params["linear_0.bias"] + 1.0}
+            expected = {**expected, "linear_0.bias": expected["linear_0.bias"] + 1.0}
+        elif change == "write a moment in place":
+            state["exp_avg/linear_0.weight"][0] = 3.0
+            expected_state["exp_avg/linear_0.weight"][0] = 3.0
+        elif change == "reorder keys":
+            params = dict(reversed(list(params.items())))
+        params, state = optimizer.update(params, grads, state, step=step, ops=joined)
+        expected, expected_state = optimizer.update(expected, grads, expected_state, step=step, ops=OPS)
+        for got, want in ((params, expected), (state, expected_state)):
+            assert all(np.array_equal(got[k], want[k]) for k in want)
+        flat = params["linear_0.weight"].base
+        assert flat is not None and all(v.base is flat for v in params.values())
+
+
+def test_join_reuses_the_flat_array_behind_the_last_splits_views_and_nothing_else() -> None:
+    joined = NamespaceForeach(np, joins=True)
+    a, b = np.arange(6.0).reshape(2, 3), np.arange(3.0)
+    flat = np.arange(9.0) * 2
+    views = joined.split(flat, [a, b])
+    assert [v.shape for v in views] == [(2, 3), (3,)] and all(np.shares_memory(v, flat) for v in views)
+    again = joined.join([views, [a, b]])
+    assert again is not None and again[0][0] is flat and np.array_equal(again[1][0], [0, 1, 2, 3, 4, 5, 0, 1, 2])
+    views = joined.split(flat, [a, b])
+    replaced = joined.join([[views[0], b], [a, b]])  # one view replaced: a new concatenation
+    assert replaced is not None and replaced[0][0] is not flat
+    assert np.array_equal(replaced[0][0], [0, 2, 4, 6, 8, 10, 0, 1, 2])
+    assert joined.join([views, [a, b]])[0][0] is not flat  # each join forgets the splits before it
+
+
 def test_lists_of_mixed_dtypes_or_shapes_are_not_joined() -> None:
     joined = NamespaceForeach(np, joins=True)
     a, b = np.ones((2, 3), np.float32), np.ones(3, np.float32)

@@ -89,7 +89,7 @@ class Optimizer(ABC):
         ]
         joined = ops.join(groups)
         lists = groups if joined is None else joined
-        new_params, new_state = self.rule(lists[0], lists[1], dict(zip(self.slots, lists[2:])), step, lr, ops)
+        new_params, new_state = ops.run_rule(self, lists[0], lists[1], dict(zip(self.slots, lists[2:])), step, lr)
         if joined is not None:
             new_params = ops.split(new_params[0], param_list)
             new_state = {slot: ops.split(new_state[slot][0], param_list) for slot in self.slots}

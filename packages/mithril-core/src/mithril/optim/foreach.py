@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..backend import Backend
+    from .base import Optimizer
+    from .traced import TracedRule
 
 __all__ = ["Foreach", "NamespaceForeach", "foreach_ops"]
 
@@ -82,6 +84,12 @@ class Foreach(ABC):
     def scalar(self, value: Any, like: Any) -> Any:
         """A 0-d array `value` (a traced step count) in the dtype of array `like`; Python numbers unchanged."""
 
+    def run_rule(
+        self, optimizer: Optimizer, params: list[Any], grads: list[Any], state: dict[str, list[Any]], step: Any, lr: Any
+    ) -> tuple[list[Any], dict[str, list[Any]]]:
+        """`optimizer.rule` with this math: (new params, new state per slot). A backend may run it compiled."""
+        return optimizer.rule(params, grads, state, step, lr, self)
+
     def join(self, groups: Sequence[Sequence[Any]]) -> list[list[Any]] | None:
         """Each list of `groups` as a one-array list, for elementwise rules to run in fewer calls; None keeps them.
 
@@ -106,6 +114,27 @@ class NamespaceForeach(Foreach):
     def __init__(self, xp: Any, *, joins: bool = False) -> None:
         self.xp = xp
         self.joins = joins
+        # {id(first view): (views, flat)} for the arrays the last update's `split` returned, so the next
+        # `join` reuses their flat array: the views are held, so the ids and the identity test stay sound
+        self._splits: dict[int, tuple[tuple[Any, ...], Any]] = {}
+        self._traced: dict[int, tuple[Optimizer, TracedRule | None]] = {}  # rules on joined arrays, made once
+
+    def run_rule(
+        self, optimizer: Optimizer, params: list[Any], grads: list[Any], state: dict[str, list[Any]], step: Any, lr: Any
+    ) -> tuple[list[Any], dict[str, list[Any]]]:
+        """On one-array lists (joined), the rule as generated straight-line code (optim/traced.py): the same
+        expressions, bit for bit, without the per-operation dispatch."""
+        if not self.joins or len(params) != 1:
+            return optimizer.rule(params, grads, state, step, lr, self)
+        held, traced = self._traced.get(id(optimizer), (None, None))
+        if held is not optimizer:  # keyed by identity: equal optimizers may still differ in what their rule reads
+            from .traced import trace_rule  # noqa: PLC0415 - traced.py subclasses NamespaceForeach
+
+            traced = trace_rule(optimizer, self)
+            self._traced[id(optimizer)] = (optimizer, traced)
+        if traced is None:
+            return optimizer.rule(params, grads, state, step, lr, self)
+        return traced(params[0], grads[0], *(state[slot][0] for slot in optimizer.slots), step, lr)
 
     def __repr__(self) -> str:
         return f"NamespaceForeach({getattr(self.xp, '__name__', self.xp)!r})"
@@ -119,19 +148,30 @@ class NamespaceForeach(Foreach):
         first = groups[0]
         if not self.joins or len(first) < 2:
             return None
+        splits, self._splits = self._splits, {}
         shapes, dtypes = [x.shape for x in first], [first[0].dtype] * len(first)
+        flats = []
         for group in groups:
-            if [x.shape for x in group] != shapes or [x.dtype for x in group] != dtypes:
+            views, flat = splits.get(id(group[0]), ((), None))
+            if len(views) == len(group) and all(x is y for x, y in zip(group, views)):
+                if [x.shape for x in views] != shapes or flat.dtype != dtypes[0]:
+                    return None
+            elif [x.shape for x in group] != shapes or [x.dtype for x in group] != dtypes:
                 return None
-        concatenate = self.xp.concatenate
-        return [[concatenate(group, axis=None)] for group in groups]
+            else:
+                flat = self.xp.concatenate(group, axis=None)
+            flats.append([flat])
+        return flats
 
     def split(self, joined: Any, like: Sequence[Any]) -> list[Any]:
         out, start = [], 0
         for x in like:
             end = start + x.size
-            out.append(joined[start:end].reshape(x.shape))
+            piece = joined[start:end]
+            out.append(piece if x.ndim == 1 else piece.reshape(x.shape))
             start = end
+        if self.joins and out:
+            self._splits[id(out[0])] = (tuple(out), joined)
         return out
 
     def add(self, xs: Sequence[Any], other: Any, alpha: Any = 1.0) -> list[Any]:
