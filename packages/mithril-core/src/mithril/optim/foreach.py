@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from operator import is_
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -153,7 +154,7 @@ class NamespaceForeach(Foreach):
         flats = []
         for group in groups:
             views, flat = splits.get(id(group[0]), ((), None))
-            if len(views) == len(group) and all(x is y for x, y in zip(group, views)):
+            if len(views) == len(group) and all(map(is_, group, views)):
                 if [x.shape for x in views] != shapes or flat.dtype != dtypes[0]:
                     return None
             elif [x.shape for x in group] != shapes or [x.dtype for x in group] != dtypes:
