@@ -29,6 +29,7 @@ import numpy as np
 
 from mithril.backend import CompileOptions, Program
 from mithril.codegen import PythonCodegen, function, static_shape
+from mithril.derived import DerivedValues
 from mithril.errors import KeyNotFoundError, MithrilError, ShapeError, UnsupportedError
 from mithril.graph import Edge, Graph, Node
 from mithril.primitives import get, joint_graph
@@ -182,29 +183,16 @@ class FrozenArray(np.ndarray):
     compiled models use it, so a weight converted from it is never compared with a snapshot."""
 
 
-# Weights converted from frozen arrays, by (source id, ggml type), while the source lives: the step models of
-# one generate call (the prompt's and the next token's) quantize each weight once between them.
-_FROZEN_PREPARED: dict[tuple[int, int], tuple[weakref.ref[Any], np.ndarray]] = {}
-_FROZEN_LOCK = threading.Lock()
+# Weights converted from frozen arrays, tagged by ggml type, while the source lives: the step models of one
+# generate call (the prompt's and the next token's) quantize each weight once between them.
+_FROZEN_PREPARED = DerivedValues()
 
 
 def _prepared_frozen(array: Any, kind: int, hessian: np.ndarray | None) -> np.ndarray:
     """quant.prepare(array, kind, hessian), shared by every program converting the same frozen array alike."""
     if hessian is not None or not is_frozen(array):
         return quant.prepare(array, kind, hessian)
-    key = (id(array), kind)
-    with _FROZEN_LOCK:
-        hit = _FROZEN_PREPARED.get(key)
-        if hit is not None and hit[0]() is array:
-            return hit[1]
-    data = quant.prepare(array, kind, None)
-
-    def forget(_: Any) -> None:
-        _FROZEN_PREPARED.pop(key, None)
-
-    with _FROZEN_LOCK:
-        _FROZEN_PREPARED[key] = (weakref.ref(array, forget), data)
-    return data
+    return _FROZEN_PREPARED.get(array, kind, lambda: quant.prepare(array, kind, None))
 
 
 def is_frozen(source: Any) -> bool:

@@ -3,18 +3,17 @@ can keep a copy in another layout for as long as it lives."""
 
 from __future__ import annotations
 
-import threading
-import weakref
 from typing import Any
 
 import torch
 
+from mithril.derived import DerivedValues
+
 __all__ = ["freeze", "is_frozen", "transposed"]
 
 _MARK = "_mithril_frozen"
-# [in, out] copies of frozen [out, in] weights, by id of the weight while it lives.
-_TRANSPOSED: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
-_LOCK = threading.Lock()
+# [in, out] copies of frozen [out, in] weights, while the weights live.
+_TRANSPOSED = DerivedValues()
 
 
 def freeze(tensor: torch.Tensor) -> torch.Tensor:
@@ -32,18 +31,4 @@ def is_frozen(tensor: Any) -> bool:
 
 def transposed(weight: torch.Tensor) -> torch.Tensor:
     """weight.t() as a contiguous copy, made once per frozen weight and dropped with it."""
-    key = id(weight)
-    with _LOCK:
-        hit = _TRANSPOSED.get(key)
-        if hit is not None and hit[0]() is weight:
-            return hit[1]
-    copy = weight.t().contiguous()
-
-    def forget(_: Any) -> None:
-        with _LOCK:
-            if key in _TRANSPOSED and _TRANSPOSED[key][0]() is None:
-                del _TRANSPOSED[key]
-
-    with _LOCK:
-        _TRANSPOSED[key] = (weakref.ref(weight, forget), copy)
-    return copy
+    return _TRANSPOSED.get(weight, "transposed", lambda: weight.t().contiguous())
