@@ -240,6 +240,9 @@ def test_join_reuses_the_flat_array_behind_the_last_splits_views_and_nothing_els
     assert replaced is not None and replaced[0][0] is not flat
     assert np.array_equal(replaced[0][0], [0, 2, 4, 6, 8, 10, 0, 1, 2])
     assert joined.join([views, [a, b]])[0][0] is not flat  # each join forgets the splits before it
+    longer = np.arange(10.0)
+    views = joined.split(longer, [a, b])  # views of part of it only: not a flat array to reuse
+    assert joined.join([views, [a, b]])[0][0] is not longer
 
 
 def test_lists_of_mixed_dtypes_or_shapes_are_not_joined() -> None:

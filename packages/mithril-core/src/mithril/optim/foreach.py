@@ -146,10 +146,10 @@ class NamespaceForeach(Foreach):
         return self.xp.asarray(value, dtype=like.dtype)
 
     def join(self, groups: Sequence[Sequence[Any]]) -> list[list[Any]] | None:
+        splits, self._splits = self._splits, {}
         first = groups[0]
         if not self.joins or len(first) < 2:
             return None
-        splits, self._splits = self._splits, {}
         shapes, dtypes = [x.shape for x in first], [first[0].dtype] * len(first)
         flats = []
         for group in groups:
@@ -171,7 +171,7 @@ class NamespaceForeach(Foreach):
             piece = joined[start:end]
             out.append(piece if x.ndim == 1 else piece.reshape(x.shape))
             start = end
-        if self.joins and out:
+        if self.joins and out and start == joined.size:  # views covering all of `joined`, in order
             self._splits[id(out[0])] = (tuple(out), joined)
         return out
 
