@@ -7,7 +7,9 @@ sides through `gpt2.params_from_hf`), batch 1, prompt 32, 64 new tokens, float32
   and per decoded token (after the prompt); each side holds its weights as a deployment does (HF's module,
   Mithril's `backend.frozen(backend.array(...))`), and the first call, which compiles the two step
   models (and on GGML quantizes the weights), is timed on its own row;
-- Mithril GGML int8 and int4 against GGML float32 and against Mithril torch (per decoded token);
+- Mithril GGML int8 and int4 against GGML float32 and against Mithril torch (per decoded token), and each on
+  two threads against one, per run: on a VM whose two vCPUs sometimes share a physical core, a quantized
+  row's slow run shows two threads running no faster than one;
 - per-token latency at token 60 over token 5 (median of tokens 58-62 over 3-7): the cache keeps it flat;
 - forward + backward of a training step (batch 2, 64 tokens, logits' upstream gradient given) on a
   2-layer config against HF on torch;
@@ -101,8 +103,13 @@ def generation_rows(config: gpt2.GPT2Config, runs: int) -> list[tuple[str, float
         "ggml f32": ml.GGMLBackend(),
         "ggml int8": ml.GGMLBackend(quantize="int8"),
         "ggml int4": ml.GGMLBackend(quantize="int4"),
+        # diagnostic sides: each quantized kind on one thread, so each run shows whether the second core helped
+        "ggml int8 1 thread": ml.GGMLBackend(quantize="int8", n_threads=1),
+        "ggml int4 1 thread": ml.GGMLBackend(quantize="int4", n_threads=1),
     }
     weights = {name: {k: b.frozen(b.array(v)) for k, v in params.items()} for name, b in backends.items()}
+    for kind in ("int8", "int4"):  # the same frozen arrays: quantized once for both thread counts
+        weights[f"ggml {kind} 1 thread"] = weights[f"ggml {kind}"]
     generation.clear_cache()
     first = {name: _timed_generate(backend, config, weights[name], ids)[0] for name, backend in backends.items()}
     got = gpt2.generate(backends["torch"], config, weights["torch"], ids, max_new_tokens=NEW)
@@ -119,6 +126,16 @@ def generation_rows(config: gpt2.GPT2Config, runs: int) -> list[tuple[str, float
             totals[name].append(total)
             per_token[name].append(statistics.median(lat[2:]))  # decoded tokens, after compiling the step model
             latency[name].append(lat)
+    for run in range(runs):  # per run: does a quantized row miss only where two threads ran no faster than one?
+        p = {name: values[run] for name, values in per_token.items()}
+        print(
+            f"run {run + 1}: "
+            + "; ".join(
+                f"{kind} / f32 {p[f'ggml {kind}'] / p['ggml f32']:.3f} "
+                f"({kind} on 2 threads / on 1: {p[f'ggml {kind}'] / p[f'ggml {kind} 1 thread']:.3f})"
+                for kind in ("int8", "int4")
+            )
+        )
     t = {name: statistics.median(v) for name, v in totals.items()}
     d = {name: statistics.median(v) for name, v in per_token.items()}
     rows: list[tuple[str, float, float, float, float | None]] = [
@@ -135,6 +152,9 @@ def generation_rows(config: gpt2.GPT2Config, runs: int) -> list[tuple[str, float
         rows.append((f"ggml {kind} end to end vs ggml f32", e / NEW, f / NEW, e / f, GOALS["quantized"]))
         rows.append((f"ggml {kind} first call (quantizes) vs f32's", first[f"ggml {kind}"], first["ggml f32"],
                      first[f"ggml {kind}"] / first["ggml f32"], None))  # fmt: skip
+    for kind in ("int8", "int4"):
+        two, one = d[f"ggml {kind}"], d[f"ggml {kind} 1 thread"]
+        rows.append((f"ggml {kind} decode, 2 threads vs 1 (diagnostic)", two, one, two / one, None))
     for name in backends:
         late = statistics.median(_around(lat, 60) for lat in latency[name])
         early = statistics.median(_around(lat, 5) for lat in latency[name])
@@ -217,7 +237,7 @@ def memory_rows(layers: int) -> list[tuple[str, float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="2 layers instead of GPT-2 small's 12")
-    parser.add_argument("--runs", type=int, default=3, help="generate calls per side (medians)")
+    parser.add_argument("--runs", type=int, default=5, help="generate calls per side (medians)")
     parser.add_argument("--memory-worker", choices=MEMORY_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--layers", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
