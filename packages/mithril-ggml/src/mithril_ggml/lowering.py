@@ -75,6 +75,60 @@ def _view(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
     return np.ctypeslib.as_array((ctype * n).from_address(tensor.contents.data)).reshape(shape)
 
 
+# Inputs this large are read where the caller's array lies instead of copied in (a generation step's
+# key/value caches, 7 MB a token for GPT-2 small); for small ones the copy costs less than moving pointers.
+IN_PLACE_INPUT_BYTES = 1 << 16
+_VIEW_OPS = frozenset((G.GGML_OP_VIEW, G.GGML_OP_RESHAPE, G.GGML_OP_PERMUTE, G.GGML_OP_TRANSPOSE))
+
+
+def _readable_in_place(graph: Any, inputs: list[Any]) -> list[_MovedInput | None]:
+    """For each input tensor, what to move to read a caller's array in place: None for a small input, or when a
+    node of `graph` writes into the input's memory (anything but a pure view of it)."""
+    roots = {ctypes.addressof(t.contents): i for i, t in enumerate(inputs)}
+    views: list[list[tuple[Any, int]] | None] = [
+        [(t, 0)] if G.ggml_nbytes(t) >= IN_PLACE_INPUT_BYTES else None for t in inputs
+    ]
+    for n in range(G.ggml_graph_n_nodes(graph)):
+        node = G.ggml_graph_node(graph, n)
+        source = node.contents.view_src
+        i = roots.get(ctypes.addressof(source.contents)) if source else None
+        found = None if i is None else views[i]
+        if found is None:
+            continue
+        if node.contents.op in _VIEW_OPS:
+            found.append((node, node.contents.view_offs))
+        else:
+            views[i] = None  # type: ignore[index]
+    return [None if v is None else _MovedInput(t.contents.data, v) for t, v in zip(inputs, views)]
+
+
+class _MovedInput:
+    """An input tensor ggml only reads, and its graph views: pointed at the caller's array, or at its own memory."""
+
+    __slots__ = ("own", "views")
+
+    def __init__(self, own: int, views: list[tuple[Any, int]]) -> None:
+        self.own, self.views = own, views
+
+    def point(self, address: int) -> None:
+        _point_at(self.views, address)
+
+
+def _point_at(tensors: list[tuple[Any, int]], address: int) -> None:
+    """Make each (tensor, offset from its root) read memory at `address` + offset: a root and its graph views."""
+    for tensor, offset in tensors:
+        tensor.contents.data = address + offset
+
+
+def _load_input(view: np.ndarray, moved: _MovedInput, x: Any) -> None:
+    """Have ggml read input `x`: in place when it is a plain aligned C-contiguous float32 array, else copied."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned:
+        moved.point(x.ctypes.data)
+    else:
+        moved.point(moved.own)
+        view[...] = x
+
+
 def _mark_output(tensor: Any) -> None:
     """Flag a tensor, and the tensors it views, so gallocr never reuses their memory."""
     while tensor:
@@ -129,9 +183,7 @@ class _WeightStore:
 
     def _point(self, name: str, address: int) -> None:
         """Make parameter `name`'s tensor, and the graph views of it, read memory at `address`."""
-        self.tensors[name].contents.data = address
-        for view, offset in self.views[name]:
-            view.contents.data = address + offset
+        _point_at([(self.tensors[name], 0), *self.views[name]], address)
 
     def load(self, names: list[str], arrays: tuple[Any, ...], prepared: list[np.ndarray]) -> None:
         """Point at or copy in the prepared weights of `arrays` (transposed copies after them)."""
@@ -297,12 +349,13 @@ class _Instance:
             for key, edge in node.outputs.items():
                 values[edge] = results[key]
                 _check_shape(node, edge, results[key])
-        params = {ctypes.addressof(t.contents) for t in store.tensors.values()}
+        # Parameters (or views of them) may point at the caller's arrays, and so may inputs: results get a copy.
+        borrowed = {ctypes.addressof(t.contents) for t in store.tensors.values()}
+        borrowed |= {ctypes.addressof(t.contents) for t, _ in self.inputs}
 
         def result(value: T) -> T:
-            # A parameter (or a view of one) may point at the caller's array: results get their own copy.
             root = value.tensor.contents.view_src or value.tensor
-            if ctypes.addressof(root.contents) in params:
+            if ctypes.addressof(root.contents) in borrowed:
                 return T(G.ggml_cont(self.gctx, value.tensor), value.shape)
             return builder.cont(value)
 
@@ -319,6 +372,7 @@ class _Instance:
         self._allocate()
         store.add_views(self.graph)
         self.in_views = [(_view(t, input_shapes[i]), i) for t, i in self.inputs]
+        self.in_place = _readable_in_place(self.graph, [t for t, _ in self.inputs])
         self.host_views = [(i, convert, [_view(t, s) for t, (s, _) in ts]) for i, convert, ts in self.writers]
         self.out_views = [(name, _view(out.tensor, out.shape)) for name, out in outputs.items()]
         # int outputs (arange) are computed as float32 on ggml and handed back as int64, as torch's
@@ -357,8 +411,11 @@ class _Instance:
     def run(self, xs: tuple[Any, ...], seeds: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         # Host conversions first: they check indices, so a bad one raises before anything is written.
         converted = [(views, convert(xs[i] if i >= 0 else None)) for i, convert, views in self.host_views]
-        for view, i in self.in_views:
-            view[...] = xs[i]
+        for (view, i), moved in zip(self.in_views, self.in_place):
+            if moved is None:
+                view[...] = xs[i]
+            else:
+                _load_input(view, moved, xs[i])
         for views, values in converted:
             for view, value in zip(views, values):
                 view[...] = value
@@ -535,7 +592,13 @@ class GGMLProgram(Program):
             f"if loaded is None{stale} or {store_name}.changed():",
             f"    {weights}()(params, ({''.join(f'{p}, ' for p in params)}))",
         ]
-        body += [f"{gen.constant(view, 'x')}[...] = {names[i]}" for view, i in inst.in_views]
+        load_input = gen.constant(_load_input, "load_input")
+        body += [
+            f"{gen.constant(view, 'x')}[...] = {names[i]}"
+            if moved is None
+            else f"{load_input}({gen.constant(view, 'x')}, {gen.constant(moved, 'moved')}, {names[i]})"
+            for (view, i), moved in zip(inst.in_views, inst.in_place)
+        ]
         for n, (_, _, views) in enumerate(inst.host_views):
             body.append(f"for view, value in zip({gen.constant(views, 'h')}, converted{n}):")
             body.append("    view[...] = value")
