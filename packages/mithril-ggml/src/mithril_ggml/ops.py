@@ -177,6 +177,19 @@ class Builder:
             raise UnsupportedError("ggml: integer inputs live on the host and are read by one_hot and embedding only")
         return x if G.ggml_is_contiguous(x.tensor) else T(G.ggml_cont(self.ctx, x.tensor), x.shape)
 
+    def strided(self, x: T) -> Any:
+        """x's tensor for an op that reads any strides: the view a copy was made from, so the copy is not needed
+        (dropped from the graph unless another node reads it); else x's contiguous tensor."""
+        tensor = self.cont(x).tensor
+        return tensor.contents.src[0] if tensor.contents.op == G.GGML_OP_CONT else tensor
+
+    def rows(self, x: T) -> Any:
+        """x's tensor as ggml_mul_mat's first operand, which reads each row contiguously and the rows by stride:
+        the view a copy was made from when its rows are contiguous, else x's contiguous tensor."""
+        view = self.strided(x)
+        ok = view.contents.nb[0] == G.ggml_type_size(view.contents.type) and not G.ggml_is_transposed(view)
+        return view if ok else self.cont(x).tensor
+
     def reshape(self, x: T, shape: tuple[int, ...]) -> T:
         if math.prod(shape) != math.prod(x.shape):
             raise ShapeError(f"ggml: cannot reshape {list(x.shape)} to {list(shape)}")
@@ -193,7 +206,7 @@ class Builder:
         axes = [0, 1, 2, 3]
         for j, p in enumerate(perm):
             axes[rank - 1 - p] = rank - 1 - j
-        view = G.ggml_permute(self.ctx, self.cont(x).tensor, *axes)
+        view = G.ggml_permute(self.ctx, self.strided(x), *axes)  # a permuted copy: permute its source once
         return T(G.ggml_cont(self.ctx, view), tuple(x.shape[p] for p in perm))
 
     def repeat(self, x: T, shape: tuple[int, ...]) -> T:
@@ -383,7 +396,7 @@ class Builder:
 
     def matmul_t(self, a: T, c: T) -> T:
         """c @ a^T over the last two axes, batched over a shared leading axis (ggml_mul_mat)."""
-        return T(G.ggml_mul_mat(self.ctx, self.cont(a).tensor, self.cont(c).tensor), (*c.shape[:-1], a.shape[-2]))
+        return T(G.ggml_mul_mat(self.ctx, self.rows(a), self.cont(c).tensor), (*c.shape[:-1], a.shape[-2]))
 
     def normalize_rows(self, rows: T, eps: float) -> T:
         """(x - mean) / sqrt(var + eps) along the last axis of a 2-D tensor."""
@@ -423,7 +436,7 @@ def _matmul(b: Builder, node: Node, x: Inputs) -> T:
     a_ne, b_ne = ne4(a.shape), ne4(lmat.shape)
     if any(b_ne[i] % a_ne[i] for i in (2, 3)):
         a, lmat = b.repeat(a, (*batch, m, k)), b.repeat(lmat, (*batch, n, k))
-    y = T(G.ggml_mul_mat(b.ctx, a.tensor, lmat.tensor), (*batch, n, m))
+    y = T(G.ggml_mul_mat(b.ctx, b.rows(a), lmat.tensor), (*batch, n, m))
     final = (*batch, *((n,) if len(left.shape) > 1 else ()), *((m,) if len(right.shape) > 1 else ()))
     return b.reshape(y, final)
 
@@ -1022,7 +1035,7 @@ def _concat(b: Builder, node: Node, x: Inputs) -> T:
     rank = len(left.shape)
     axis = normalize_axes(node.attrs["axis"], rank)[0]
     shape = tuple(d + right.shape[i] if i == axis else d for i, d in enumerate(left.shape))
-    tensor = G.ggml_concat(b.ctx, b.cont(left).tensor, b.cont(right).tensor, rank - 1 - axis)
+    tensor = G.ggml_concat(b.ctx, b.strided(left), b.strided(right), rank - 1 - axis)
     return T(tensor, shape)
 
 
