@@ -1,5 +1,5 @@
-"""Large float32 inputs are read where the caller's array lies (no copy into ggml's memory), only when ggml
-merely reads them, and every other input is still copied: the same numbers either way."""
+"""Copies GGML avoids, with the same numbers: large float32 inputs are read where the caller's array lies (only
+when ggml merely reads them; every other input is copied in), and ops that read strides read views, not copies."""
 
 from __future__ import annotations
 
@@ -76,3 +76,30 @@ def test_an_input_that_a_node_writes_into_is_copied_not_read_in_place() -> None:
         assert len(viewed.views) == 2  # the tensor and its reshape move together
     finally:
         G.ggml_free(ctx)
+
+
+def _graph_ops(compiled: ml.CompiledModel) -> list[str]:
+    """The ggml op of every node of a static model's forward graph."""
+    program = lowering.program_of(compiled, "test")
+    (inst,) = [inst for store in program._stores.values() for inst in store.instances.values()]
+    nodes = (G.ggml_graph_node(inst.graph, i) for i in range(G.ggml_graph_n_nodes(inst.graph)))
+    return [G.ggml_op_name(node.contents.op).decode() for node in nodes]
+
+
+def test_attention_scores_read_keys_by_stride_without_copies() -> None:
+    """q @ k.transpose(-1, -2) over heads: the keys are split into heads and transposed twice on the way (once by
+    the model, once by the matrix product), and each of those was a copy; now none is."""
+    from mithril.models import MatMul, Reshape, Transpose
+
+    model = Model()
+    model |= Reshape((1, 20, 4, 16))(input="keys", output="heads")  # [B, S, H, D]
+    model |= Transpose((0, 2, 3, 1))(input="heads", output="keys_t")  # [B, H, D, S]
+    model |= MatMul()(left="q", right="keys_t", output="scores")  # [B, H, 1, D] @ [B, H, D, S]
+    shapes = {"keys": [1, 20, 64], "q": [1, 4, 1, 16]}
+    compiled = ml.compile(model, ml.GGMLBackend(), shapes=shapes, inference=True)
+    rng = np.random.default_rng(1)
+    keys, q = rng.standard_normal((1, 20, 64)).astype(np.float32), rng.standard_normal((1, 4, 1, 16)).astype(np.float32)
+    got = compiled.evaluate({}, {"keys": keys, "q": q})["scores"]
+    want = q @ keys.reshape(1, 20, 4, 16).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert _graph_ops(compiled).count("CONT") == 0
