@@ -57,6 +57,18 @@ class _Recorder:
         return _Symbol(name, self)
 
 
+def _operators(symbol: str) -> tuple[Callable[[_Symbol, Any], _Symbol], Callable[[_Symbol, Any], _Symbol]]:
+    """A binary operator's method and its reflected form (`other <symbol> self`), recording one line each call."""
+
+    def method(self: _Symbol, other: Any) -> _Symbol:
+        return self.recorder.emit(f"{self.name} {symbol} {self.recorder.operand(other)}")
+
+    def reflected(self: _Symbol, other: Any) -> _Symbol:
+        return self.recorder.emit(f"{self.recorder.operand(other)} {symbol} {self.name}")
+
+    return method, reflected
+
+
 class _Symbol:
     """A value of the traced rule (an array or a runtime scalar): Python's arithmetic records a line."""
 
@@ -65,40 +77,11 @@ class _Symbol:
     def __init__(self, name: str, recorder: _Recorder) -> None:
         self.name, self.recorder = name, recorder
 
-    def _binary(self, symbol: str, other: Any, reflected: bool = False) -> _Symbol:
-        mine, theirs = self.name, self.recorder.operand(other)
-        left, right = (theirs, mine) if reflected else (mine, theirs)
-        return self.recorder.emit(f"{left} {symbol} {right}")
-
-    def __add__(self, other: Any) -> _Symbol:
-        return self._binary("+", other)
-
-    def __radd__(self, other: Any) -> _Symbol:
-        return self._binary("+", other, True)
-
-    def __sub__(self, other: Any) -> _Symbol:
-        return self._binary("-", other)
-
-    def __rsub__(self, other: Any) -> _Symbol:
-        return self._binary("-", other, True)
-
-    def __mul__(self, other: Any) -> _Symbol:
-        return self._binary("*", other)
-
-    def __rmul__(self, other: Any) -> _Symbol:
-        return self._binary("*", other, True)
-
-    def __truediv__(self, other: Any) -> _Symbol:
-        return self._binary("/", other)
-
-    def __rtruediv__(self, other: Any) -> _Symbol:
-        return self._binary("/", other, True)
-
-    def __pow__(self, other: Any) -> _Symbol:
-        return self._binary("**", other)
-
-    def __rpow__(self, other: Any) -> _Symbol:
-        return self._binary("**", other, True)
+    __add__, __radd__ = _operators("+")
+    __sub__, __rsub__ = _operators("-")
+    __mul__, __rmul__ = _operators("*")
+    __truediv__, __rtruediv__ = _operators("/")
+    __pow__, __rpow__ = _operators("**")
 
     def __neg__(self) -> _Symbol:
         return self.recorder.emit(f"-{self.name}")
