@@ -269,6 +269,27 @@ def test_gpt2_exports_with_symbolic_batch_and_length(tmp_path: Path) -> None:
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+def test_llama_exports_with_symbolic_batch_and_length(tmp_path: Path) -> None:
+    """Rotary embeddings need only the head size at compile time, so Llama (GQA) exports for any batch and length."""
+    from mithril.zoo import llama
+
+    config = llama.LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=16,
+    )  # fmt: skip
+    params = ml.compile(llama.llama(config), ml.NumpyBackend(), {"input_ids": [2, 8]}).randomize_params(seed=0)
+    path = tmp_path / "llama.onnx"
+    ml.export_onnx(llama.llama(config), path, params=params, shapes={"input_ids": [None, None]})
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch, length in ((1, 5), (3, 8)):
+        ids = np.random.default_rng(length).integers(0, 50, (batch, length))
+        reference = ml.compile(llama.llama(config), ml.NumpyBackend(), {"input_ids": [batch, length]}, inference=True)
+        expected = np.asarray(reference.evaluate(params, {"input_ids": ids})["logits"])
+        (got,) = session.run(["logits"], {"input_ids": ids})
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize(("kv_heads", "causal"), [(4, False), (2, True)])
 def test_attention_heads_with_grouped_heads_and_a_mask(kv_heads: int, causal: bool, tmp_path: Path) -> None:
     from mithril.models.attention import AttentionHeads

@@ -12,6 +12,7 @@ from ..shapes import Dim, Shape, ShapeMismatch, dim_values, resolve, unify
 from .builder import Applied, Builder
 from .declaration import Attrs, Port, Primitive, Template, declare
 from .examples import Example
+from .indexing import FULL
 from .nn import static_shape
 
 Shapes = dict[str, Shape]
@@ -321,8 +322,10 @@ declare(
 
 
 def _rotate_half(b: Builder, x: Edge, path: str) -> Edge:
-    """HF's rotate_half: cat(-x2, x1) of the halves of the last axis."""
-    width = _dims(x, "rotary embedding", path)[-1]
+    """HF's rotate_half: cat(-x2, x1) of the halves of the last axis (the only size it needs at compile time)."""
+    width = static_shape(x, "rotary embedding", path)[-1]
+    if width is None:
+        raise UnsupportedError(f"{path}: rotary embedding needs the size of its last axis at compile time")
     if width % 2:
         raise UnsupportedError(f"{path}: rotary embeddings need an even last axis, got {width}")
     halves = b.reshape(x, shape=(-1, 2, width // 2))
@@ -330,17 +333,17 @@ def _rotate_half(b: Builder, x: Edge, path: str) -> Edge:
     return b.reshape_like(turned, x)
 
 
-def _unsqueezed(b: Builder, t: Edge, axis: int | None, path: str) -> Edge:
+def _unsqueezed(b: Builder, t: Edge, axis: int | None) -> Edge:
+    """torch.unsqueeze(t, axis) as indexing with None, so the other sizes may be unknown until run time."""
     if axis is None:
         return t
-    dims = list(_dims(t, "rotary embedding", path))
-    dims.insert(axis if axis >= 0 else len(dims) + 1 + axis, 1)
-    return b.reshape(t, shape=tuple(dims))
+    index = (*(FULL,) * axis, None) if axis >= 0 else ("...", None, *(FULL,) * (-axis - 1))
+    return b.slice(t, index=index)
 
 
 def _apply_rotary(b: Builder, n: Applied) -> dict[str, object]:
     x, axis = n["input"], n.attrs["unsqueeze_dim"]
-    cos, sin = _unsqueezed(b, n["cos"], axis, n.path), _unsqueezed(b, n["sin"], axis, n.path)
+    cos, sin = _unsqueezed(b, n["cos"], axis), _unsqueezed(b, n["sin"], axis)
     return {"output": b.add(b.mul(x, cos), b.mul(_rotate_half(b, x, n.path), sin))}
 
 
@@ -358,6 +361,9 @@ declare(
         examples=(
             Example({"input": (2, 3, 4, 6), "cos": (2, 4, 6), "sin": (2, 4, 6)}),
             Example({"input": (4, 2, 6), "cos": (4, 1, 6), "sin": (4, 1, 6)}, {"unsqueeze_dim": None}, name="as_is"),
+            Example(
+                {"input": (2, 4, 3, 6), "cos": (2, 4, 6), "sin": (2, 4, 6)}, {"unsqueeze_dim": -2}, name="from_the_end"
+            ),
         ),
     )
 )
