@@ -294,8 +294,9 @@ class Builder:
         return T(G.ggml_clamp(self.ctx, G.ggml_dup(self.ctx, x.tensor), low, high), x.shape)
 
     def nan_carrier(self, x: T) -> T:
-        """0 where `x` is a number (infinities included), NaN where it is NaN: tanh keeps only NaN."""
-        return self.scale(self.unary(G.ggml_tanh, x), 0.0)
+        """0 where `x` is a number (infinities included), NaN where it is NaN: sigmoid keeps only NaN, and costs
+        a sixth of tanh (libm's tanhf is most of a small ReLU MLP's time otherwise)."""
+        return self.scale(self.unary(G.ggml_sigmoid, x), 0.0)
 
     def is_nan(self, x: T) -> T:
         """1.0 where `x` is NaN, else 0.0: clamp sends NaN to its upper bound, step sends it to 0."""
