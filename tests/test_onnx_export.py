@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -252,39 +253,32 @@ def test_without_onnx_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch,
         ml.export_onnx(quickstart_mlp(), tmp_path / "m.onnx", params={})
 
 
-def test_gpt2_exports_with_symbolic_batch_and_length(tmp_path: Path) -> None:
-    from mithril.zoo import gpt2
+def _zoo_decoder(name: str) -> tuple[Any, Any]:
+    """(model builder, tiny config) of a mithril.zoo decoder."""
+    from mithril.zoo import gpt2, llama
 
-    config = gpt2.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4)
-    params = ml.compile(gpt2.gpt2(config), ml.NumpyBackend(), {"input_ids": [2, 8]}).randomize_params(seed=0)
-    path = tmp_path / "gpt2.onnx"
-    ml.export_onnx(gpt2.gpt2(config), path, params=params, shapes={"input_ids": [None, None]})
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for batch, length in ((1, 5), (3, 8)):
-        ids = np.random.default_rng(length).integers(0, 50, (batch, length))
-        reference = ml.compile(gpt2.gpt2(config), ml.NumpyBackend(), {"input_ids": [batch, length]}, inference=True)
-        expected = np.asarray(reference.evaluate(params, {"input_ids": ids})["logits"])
-        (got,) = session.run(["logits"], {"input_ids": ids})
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
-
-
-def test_llama_exports_with_symbolic_batch_and_length(tmp_path: Path) -> None:
-    """Rotary embeddings need only the head size at compile time, so Llama (GQA) exports for any batch and length."""
-    from mithril.zoo import llama
-
+    if name == "gpt2":
+        return gpt2.gpt2, gpt2.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4)
     config = llama.LlamaConfig(
         vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=16,
     )  # fmt: skip
-    params = ml.compile(llama.llama(config), ml.NumpyBackend(), {"input_ids": [2, 8]}).randomize_params(seed=0)
-    path = tmp_path / "llama.onnx"
-    ml.export_onnx(llama.llama(config), path, params=params, shapes={"input_ids": [None, None]})
+    return llama.llama, config
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_zoo_decoders_export_with_symbolic_batch_and_length(name: str, tmp_path: Path) -> None:
+    """GPT-2, and Llama with grouped-query heads (its rotary embeddings need only the head size ahead of time),
+    export for any batch and length and equal NumPy in onnxruntime."""
+    build, config = _zoo_decoder(name)
+    params = ml.compile(build(config), ml.NumpyBackend(), {"input_ids": [2, 8]}).randomize_params(seed=0)
+    path = tmp_path / f"{name}.onnx"
+    ml.export_onnx(build(config), path, params=params, shapes={"input_ids": [None, None]})
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch, length in ((1, 5), (3, 8)):
         ids = np.random.default_rng(length).integers(0, 50, (batch, length))
-        reference = ml.compile(llama.llama(config), ml.NumpyBackend(), {"input_ids": [batch, length]}, inference=True)
+        reference = ml.compile(build(config), ml.NumpyBackend(), {"input_ids": [batch, length]}, inference=True)
         expected = np.asarray(reference.evaluate(params, {"input_ids": ids})["logits"])
         (got,) = session.run(["logits"], {"input_ids": ids})
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
