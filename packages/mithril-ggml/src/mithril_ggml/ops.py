@@ -179,8 +179,10 @@ class Builder:
 
     def strided(self, x: T) -> Any:
         """x's tensor for an op that reads any strides: the view a copy was made from, so the copy is not needed
-        (dropped from the graph unless another node reads it); else x's contiguous tensor."""
-        tensor = self.cont(x).tensor
+        (dropped from the graph unless another node reads it); else x's tensor as it is."""
+        if x.tensor is None:
+            self.cont(x)  # raises: integer inputs live on the host
+        tensor = x.tensor
         return tensor.contents.src[0] if tensor.contents.op == G.GGML_OP_CONT else tensor
 
     def rows(self, x: T) -> Any:
